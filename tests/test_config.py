@@ -1,0 +1,53 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from foundation.config import ConfigError, apply_overrides, from_dict, to_dict
+
+
+@dataclass(frozen=True)
+class Inner:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str
+    steps: int = 10
+    mode: Literal["a", "b"] = "a"
+    inner: Inner = field(default_factory=Inner)
+    paths: dict[str, str] = field(default_factory=dict)
+    seed: int | None = None
+
+
+def test_builds_nested_and_round_trips():
+    cfg = from_dict(Outer, {"name": "x", "inner": {"lr": "3e-4", "betas": [0.9, 0.95]}, "paths": {"a": "b"}})
+    assert cfg.inner.lr == pytest.approx(3e-4) and cfg.inner.betas == (0.9, 0.95)
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"name": "x", "stepz": 1}, "stepz: unknown key"),
+        ({"name": "x", "steps": "ten"}, "steps: expected int"),
+        ({"name": "x", "steps": True}, "steps: expected int"),
+        ({"name": "x", "mode": "c"}, "mode: expected one of"),
+        ({"name": "x", "inner": {"lr": "fast"}}, "inner.lr: expected float"),
+        ({"name": "x", "inner": {"betas": [0.9]}}, "inner.betas: expected 2 items"),
+        ({}, "name: required key is missing"),
+    ],
+)
+def test_errors_name_the_field(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Outer, data, "cfg")
+
+
+def test_overrides_parse_yaml_values():
+    data = apply_overrides({"name": "x", "inner": {"lr": 1.0}}, ["inner.lr=0.5", "steps=3", "seed=null"])
+    cfg = from_dict(Outer, data)
+    assert cfg.inner.lr == 0.5 and cfg.steps == 3 and cfg.seed is None
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides({}, ["steps"])
