@@ -1,0 +1,120 @@
+"""Typed configs of the training machinery (optimiser, schedule, precision/ZeRO, EMA, checkpoints,
+evaluation, logging). Pretraining composes them in `PretrainConfig`; fine-tuning may reuse them.
+
+Every value is checked once, when the YAML is read (`foundation.config.from_dict`): a bad value
+raises there with the dotted field name, before any process group starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "DistributedConfig",
+    "EMAConfig",
+    "CheckpointConfig",
+    "EvalConfig",
+    "LogConfig",
+]
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW (decoupled weight decay). Biases, norms and loss log-variances get no decay."""
+
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    torch_adam: bool = True  # torch.optim.AdamW; False asks DeepSpeed for its fused CUDA Adam
+
+    def __post_init__(self):
+        _require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _require(all(0 <= b < 1 for b in self.betas), f"betas must lie in [0, 1), got {self.betas}")
+        _require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Linear warmup from 0 to `lr`, then cosine decay to `min_lr_ratio * lr` at the last step."""
+
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01
+
+    def __post_init__(self):
+        _require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass(frozen=True)
+class DistributedConfig:
+    """What the DeepSpeed JSON is generated from (`deepspeed_config.py`)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    zero_stage: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum: int = 1  # micro-batches per optimiser step on each rank
+    grad_clip: float = 1.0  # global L2 norm; 0 disables
+    fp16_initial_scale_power: int = 16  # dynamic loss scale starts at 2**this
+    fp16_loss_scale_window: int = 1000
+    timeout_s: int = 1800  # collective timeout
+
+    def __post_init__(self):
+        _require(self.zero_stage in (0, 1, 2, 3), f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        _require(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
+        _require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Exponential moving average of the weights, used for evaluation and the export."""
+
+    enabled: bool = True
+    decay: float = 0.99
+
+    def __post_init__(self):
+        _require(0 < self.decay < 1, f"decay must lie in (0, 1), got {self.decay}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100  # optimiser steps between checkpoints (and one at the end)
+    keep: int = 3  # newest complete checkpoints kept on disk
+    checksum: bool = True  # sha256 of every file in the `complete` marker (sizes always)
+    resume: bool = True  # continue from the newest checkpoint of run_dir that verifies
+    # A ZeRO-partitioned optimiser cannot be loaded by a different number of ranks as saved:
+    # "universal" converts the checkpoint (DeepSpeed universal checkpoint), "weights_only"
+    # loads the model and restarts the optimiser (with a warning).
+    world_size_change: Literal["universal", "weights_only"] = "universal"
+
+    def __post_init__(self):
+        _require(self.every >= 1, f"every must be >= 1, got {self.every}")
+        _require(self.keep >= 1, f"keep must be >= 1, got {self.keep}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = 100  # optimiser steps between evaluations (and one at the end)
+    max_batches: int | None = None  # per dataset and rank; None = the whole validation split
+    use_ema: bool = True  # evaluate the EMA weights (when EMA is enabled)
+
+    def __post_init__(self):
+        _require(self.every >= 1, f"every must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = 10  # steps between TensorBoard train scalars
+    tensorboard: bool = True
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self):
+        _require(self.every >= 1, f"every must be >= 1, got {self.every}")

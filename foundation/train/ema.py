@@ -1,0 +1,62 @@
+"""Exponential moving average of model weights, kept as a plain module (never wrapped by DeepSpeed).
+
+The EMA copy is what evaluation and the export use. It lives in float32 (float64 if the model is
+float64) whatever the training precision, so bf16/fp16 training does not round the average.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["EMA"]
+
+
+class EMA:
+    """`shadow = decay_t * shadow + (1 - decay_t) * param` after each optimiser step.
+
+    decay_t = min(decay, (1 + n) / (10 + n)) with n the number of updates so far, so the
+    average is not dominated by the random initial weights early in a short run.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = float(decay)
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        for t in list(self.module.parameters()) + list(self.module.buffers()):
+            if t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16):
+                t.data = t.data.float()
+        self._names = [n for n, _ in self.module.named_parameters()]
+
+    @torch.no_grad()
+    def update(self, params: Iterable[tuple[str, torch.Tensor]], buffers: Iterable[tuple[str, torch.Tensor]] = ()) -> None:
+        """Average in the named parameters of the trained model (same names as the EMA module)."""
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        own = dict(self.module.named_parameters())
+        seen = 0
+        for name, p in params:
+            target = own[name]
+            target.lerp_(p.detach().to(device=target.device, dtype=target.dtype), 1.0 - d)
+            seen += 1
+        if seen != len(own):
+            raise RuntimeError(f"EMA update saw {seen} parameters, the EMA module has {len(own)}")
+        own_buffers = dict(self.module.named_buffers())
+        for name, b in buffers:
+            own_buffers[name].copy_(b.detach())
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat tensors only (safetensors-ready); `updates` rides along as a 0-d tensor."""
+        out = {k: v.detach().contiguous() for k, v in self.module.state_dict().items()}
+        out["__ema_updates__"] = torch.tensor(self.updates, dtype=torch.int64)
+        return out
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        self.updates = int(state.pop("__ema_updates__").item())
+        self.module.load_state_dict(state, strict=True)

@@ -1,0 +1,250 @@
+"""The training loop: micro-steps under a DeepSpeed engine, NaN skipping, EMA, evaluation,
+checkpoints, TensorBoard and a progress bar. Model-agnostic: it needs an `Objective`
+(module returning `(loss, logs, preds)`), a batch stream with a position, and validation splits.
+
+Collectives per micro-step, identical on every rank: one all-reduce of
+[non-finite flag, loss, atoms]; a flagged micro-step is skipped by ALL ranks (no backward, no
+`engine.step()`, so DeepSpeed's accumulation counter does not move and no NaN reaches the weights).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .checkpoint import save_checkpoint
+from .config import CheckpointConfig, EvalConfig, LogConfig, OptimizerConfig, ScheduleConfig
+from .distributed import DistInfo, all_reduce
+from .ema import EMA
+from .metrics import eval_log_line, evaluate, flat_scalars, summary_table
+from .schedule import learning_rate
+
+__all__ = ["Objective", "BatchStream", "LoopSettings", "TrainState", "Trainer"]
+
+log = logging.getLogger("foundation.train")
+
+
+class Objective(nn.Module):
+    """Model and loss in one module, so DeepSpeed also optimises the loss's learned task weights."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, batch) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
+        preds = self.model(batch)
+        loss, logs = self.loss(preds, batch)
+        return loss, logs, preds
+
+
+class BatchStream(Protocol):
+    """An endless iterator of training batches for this rank that knows its position."""
+
+    def __next__(self): ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    max_steps: int
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    eval: EvalConfig
+    checkpoint: CheckpointConfig
+    log: LogConfig
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimiser steps done
+    micro: int = 0  # micro-batches drawn (every rank draws the same number)
+    skipped: int = 0  # micro-batches skipped for a non-finite loss
+    atoms: int = 0  # atoms trained on, all ranks
+    train_s: float = 0.0  # seconds in training micro-steps (excludes eval and checkpoints)
+    skipped_at: list[int] = field(default_factory=list)  # optimiser step during which each skip happened
+
+
+class Trainer:
+    """Owns one run's loop. `prepare(batch)` moves a batch to the device and dtype."""
+
+    def __init__(
+        self,
+        engine,
+        ema: EMA | None,
+        stream: BatchStream,
+        val_splits: dict[str, Callable[[], Iterable]],
+        tasks: list[Any],
+        info: DistInfo,
+        run_dir: str | Path,
+        settings: LoopSettings,
+        prepare: Callable[[Any], Any],
+        writer=None,
+        zero_stage: int = 0,
+    ):
+        self.engine, self.ema, self.stream, self.val_splits = engine, ema, stream, val_splits
+        self.tasks, self.info, self.run_dir, self.s = tasks, info, Path(run_dir), settings
+        self.prepare, self.writer, self.zero_stage = prepare, writer, zero_stage
+        self.state = TrainState()
+        self.units = {t.name: t.unit for t in tasks}
+        self._logs: dict[str, list[float]] = defaultdict(list)
+        self.last_metrics: dict[str, Any] = {}
+
+    # -- one micro-step -------------------------------------------------------------------
+    def _micro_step(self) -> tuple[bool, float]:
+        """Forward/backward one batch. Returns (an optimiser step happened, global mean loss)."""
+        batch = self.prepare(next(self.stream))
+        t0 = time.perf_counter()
+        loss, logs, _ = self.engine(batch)
+        finite = bool(torch.isfinite(loss.detach()).all())
+        local = torch.tensor([0.0 if finite else 1.0, float(loss.detach()) if finite else 0.0,
+                              float(batch.n_atoms.sum())], dtype=torch.float64)
+        red = all_reduce(local, self.info).cpu()
+        self.state.micro += 1
+        self.state.atoms += int(red[2])
+        if red[0] > 0:
+            self.state.skipped += 1
+            self.state.skipped_at.append(self.state.step)
+            if self.info.is_main:
+                log.warning("non-finite loss on %d rank(s) at step %d (micro-batch %d): skipped on all ranks "
+                            "(%d skipped so far)", int(red[0]), self.state.step, self.state.micro, self.state.skipped)
+            del loss
+            self.state.train_s += time.perf_counter() - t0
+            return False, float("nan")
+        for key, value in logs.items():
+            self._logs[key].append(float(value))
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)
+        if boundary:
+            lr = learning_rate(self.state.step, self.s.optimizer.lr, self.s.max_steps, self.s.schedule)
+            for group in self.engine.optimizer.param_groups:
+                group["lr"] = lr
+        self.engine.step()
+        self.state.train_s += time.perf_counter() - t0
+        return boundary, float(red[1]) / self.info.world_size
+
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        module = self.engine.module
+        if self.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters())):
+                self.ema.update(module.named_parameters(), module.named_buffers())
+        else:
+            self.ema.update(module.named_parameters(), module.named_buffers())
+
+    # -- evaluation, logging, checkpoints ----------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        use_ema = self.ema is not None and self.s.eval.use_ema
+        module = self.ema.module if use_ema else self.engine.module
+        collective = self.zero_stage == 3 and not use_ema
+        was_training = module.training
+        module.eval()
+        needs_grad = any(getattr(t, "forces_of", None) for t in self.tasks)
+        with torch.set_grad_enabled(needs_grad):
+            metrics = evaluate(module.model, self.val_splits, self.tasks, self.info, self.prepare,
+                               self.s.eval.max_batches, collective)
+        module.train(was_training)
+        self.last_metrics = metrics
+        if self.info.is_main:
+            log.info(eval_log_line(self.state.step, metrics, self.units))
+            self._scalars(flat_scalars(metrics))
+        return metrics
+
+    def _scalars(self, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, self.state.step)
+
+    def _log_train(self, loss: float) -> None:
+        values = {f"train/{k}": sum(v) / len(v) for k, v in self._logs.items() if v}
+        values.update({
+            "train/loss": loss,
+            "train/lr": self.engine.optimizer.param_groups[0]["lr"],
+            "train/atoms_per_s": self.state.atoms / max(self.state.train_s, 1e-9),
+            "train/skipped_batches": self.state.skipped,
+        })
+        self._scalars(values)
+        self._logs.clear()
+
+    def checkpoint(self) -> Path:
+        return save_checkpoint(
+            self.engine, self.run_dir / "checkpoints", self.state.step,
+            {"train": asdict(self.state), "zero_stage": self.zero_stage},
+            self.stream.state_dict(),
+            self.ema.state_dict() if self.ema is not None else None,
+            self.info, self.s.checkpoint,
+        )
+
+    def load_state(self, train_state: dict[str, Any], data_state: dict[str, Any] | None) -> None:
+        """Continue from a restored checkpoint's counters and (same world size) data position."""
+        if train_state:
+            self.state = TrainState(**train_state["train"])
+        if data_state is not None:
+            self.stream.load_state_dict(data_state)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to `max_steps`; evaluate and checkpoint on schedule and at the end."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.s.max_steps, initial=self.state.step, desc="pretrain", unit="step",
+                   disable=not (self.info.is_main and self.s.log.progress), dynamic_ncols=True)
+        last_eval = last_ckpt = self.state.step if self.state.step > 0 else -1
+        while self.state.step < self.s.max_steps:
+            stepped, loss = self._micro_step()
+            if not stepped:
+                continue
+            self.state.step += 1
+            self._update_ema()
+            step = self.state.step
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", atoms_s=f"{self.state.atoms / max(self.state.train_s, 1e-9):.0f}",
+                            skipped=self.state.skipped)
+            if self.info.is_main and step % self.s.log.every == 0:
+                self._log_train(loss)
+            if step % self.s.eval.every == 0 or step == self.s.max_steps:
+                self.evaluate()
+                last_eval = step
+            if step % self.s.checkpoint.every == 0 or step == self.s.max_steps:
+                self.checkpoint()
+                last_ckpt = step
+        bar.close()
+        if last_eval != self.state.step:
+            self.evaluate()
+        if last_ckpt != self.state.step:
+            self.checkpoint()
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        out = {
+            "steps": self.state.step,
+            "micro_batches": self.state.micro,
+            "skipped_batches": self.state.skipped,
+            "skipped_at_steps": self.state.skipped_at,
+            "atoms": self.state.atoms,
+            "train_seconds": self.state.train_s,
+            "atoms_per_s": self.state.atoms / max(self.state.train_s, 1e-9),
+            "world_size": self.info.world_size,
+            "validation": self.last_metrics,
+        }
+        if self.info.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(out, indent=1))
+            log.info("final validation metrics (%s weights):\n%s",
+                     "EMA" if self.ema is not None and self.s.eval.use_ema else "raw",
+                     summary_table(self.last_metrics, self.units))
+        return out
