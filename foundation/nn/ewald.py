@@ -138,16 +138,20 @@ class LatentEwald(torch.nn.Module):
         torch.nn.init.zeros_(self.feedback_mlp[-1].weight)
         torch.nn.init.zeros_(self.feedback_mlp[-1].bias)
 
+    def latent_charges(self, node_feats, batch, n_graphs: int) -> torch.Tensor:
+        """Latent charges [n_atoms] e from the 0e channels, summing to zero in every structure."""
+        scalars = node_feats.index_select(1, self.scalar_index)  # [n_atoms, n_scalars]
+        q = self.charge_mlp(scalars).squeeze(-1)  # [n_atoms] e
+        zeros = torch.zeros(n_graphs, dtype=q.dtype, device=q.device)
+        counts = zeros.index_add(0, batch, torch.ones_like(q)).clamp(min=1)  # [n_graphs]
+        return q - (zeros.index_add(0, batch, q) / counts)[batch]
+
     def forward(self, node_feats, positions, cell, pbc, batch, n_graphs: int):
         if node_feats.shape[-1] != self.irreps_in.dim:
             raise ValueError(f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.irreps_in.dim}")
         if cell.shape[0] != n_graphs:
             raise ValueError(f"cell has {cell.shape[0]} graphs, n_graphs = {n_graphs}")
-        scalars = node_feats.index_select(1, self.scalar_index)  # [n_atoms, n_scalars]
-        q = self.charge_mlp(scalars).squeeze(-1)  # [n_atoms] e
-        counts = torch.zeros(n_graphs, dtype=q.dtype, device=q.device).index_add(0, batch, torch.ones_like(q))
-        total = torch.zeros(n_graphs, dtype=q.dtype, device=q.device).index_add(0, batch, q)
-        q = q - (total / counts.clamp(min=1))[batch]  # neutral per structure
+        q = self.latent_charges(node_feats, batch, n_graphs)  # [n_atoms] e
         energy, phi = ewald_sum(positions, cell, q, batch, pbc, self.accuracy)
         # φ/COULOMB is in e/Å, O(1) for O(1) charges: keeps the feedback MLP's inputs tame.
         update = self.feedback_mlp(torch.stack([q, phi / COULOMB], dim=-1))  # [n_atoms, n_scalars]
