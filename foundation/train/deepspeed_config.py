@@ -49,19 +49,18 @@ def _zero_section(stage: int) -> dict[str, Any]:
 def deepspeed_config(
     dist: DistributedConfig,
     optimizer: OptimizerConfig,
-    world_size: int,
     load_universal: bool = False,
 ) -> dict[str, Any]:
     """DeepSpeed's config dict for `deepspeed.initialize(config=...)`.
 
     Batches are packed to an atom budget by the loader, so DeepSpeed sees one "sample" per
-    micro-batch: its batch-size fields only do the accumulation bookkeeping.
+    micro-batch: its batch-size fields only do the accumulation bookkeeping (DeepSpeed derives
+    `train_batch_size` = grad_accum x world size itself, so the JSON does not depend on the world).
     The learning rate here is the peak; the loop sets the scheduled value every step.
     """
     cfg: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": dist.grad_accum,
-        "train_batch_size": dist.grad_accum * world_size,
         "gradient_clipping": dist.grad_clip,
         "optimizer": {
             "type": "AdamW",

@@ -38,7 +38,7 @@ def build_engine(
     """(engine, ds_config). The module is moved to `info.device`; DeepSpeed casts it for bf16/fp16."""
     import deepspeed
 
-    ds_config = deepspeed_config(dist, optimizer, info.world_size, load_universal=load_universal)
+    ds_config = deepspeed_config(dist, optimizer, load_universal=load_universal)
     module = module.to(info.device)
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=param_groups(module, optimizer.weight_decay), config=ds_config

@@ -204,7 +204,9 @@ class Trainer:
 
         bar = tqdm(total=self.s.max_steps, initial=self.state.step, desc="pretrain", unit="step",
                    disable=not (self.info.is_main and self.s.log.progress), dynamic_ncols=True)
-        last_eval = last_ckpt = self.state.step if self.state.step > 0 else -1
+        # A run resumed at its last step still evaluates (its metrics were not kept) but does
+        # not rewrite the checkpoint it came from.
+        last_eval, last_ckpt = -1, self.state.step
         while self.state.step < self.s.max_steps:
             stepped, loss = self._micro_step()
             if not stepped:

@@ -45,13 +45,16 @@ def make_batch(seed: int, rank: int, index: int, size: int = 4):
 
 
 class SyntheticStream:
-    """Endless, position-addressable: batch k of rank r is a pure function of (seed, r, k)."""
+    """Endless, position-addressable: batch k of rank r is a pure function of (seed, r, k).
+    Batches whose index is in `nan_at` carry a NaN energy label (a corrupt record)."""
 
-    def __init__(self, seed: int, rank: int):
-        self.seed, self.rank, self.index = seed, rank, 0
+    def __init__(self, seed: int, rank: int, nan_at: tuple[int, ...] = ()):
+        self.seed, self.rank, self.index, self.nan_at = seed, rank, 0, set(nan_at)
 
     def __next__(self):
         batch = make_batch(self.seed, self.rank, self.index)
+        if self.index in self.nan_at:
+            batch.targets["energy"][0] = float("nan")
         self.index += 1
         return batch
 
@@ -77,20 +80,16 @@ class ToyModel(nn.Module):
 
 
 class ToyLoss(nn.Module):
-    """Uncertainty-weighted MSE + BCE; `nan_at` = {(rank, micro_batch)} makes that loss NaN."""
+    """Uncertainty-weighted MSE + BCE (Kendall et al.), one learned log-variance per task."""
 
-    def __init__(self, rank: int = 0, nan_at: tuple[int, ...] = ()):
+    def __init__(self):
         super().__init__()
         self.log_var = nn.Parameter(torch.zeros(2))
-        self.rank, self.nan_at, self.calls = rank, set(nan_at), 0
 
     def forward(self, preds, batch):
         mse = ((preds["energy"] - batch.targets["energy"]) ** 2).mean()
         bce = nn.functional.binary_cross_entropy_with_logits(preds["is_metal"], batch.targets["is_metal"])
         terms = torch.stack([mse, bce])
         loss = (torch.exp(-self.log_var) * terms + self.log_var).sum()
-        self.calls += 1
-        if self.training and self.calls in self.nan_at:
-            loss = loss * float("nan")
-        return loss, {"loss/energy": float(mse), "loss/is_metal": float(bce),
-                      "weight/energy": float(torch.exp(-self.log_var[0]))}
+        return loss, {"loss/energy": mse.detach(), "loss/is_metal": bce.detach(),
+                      "weight/energy": torch.exp(-self.log_var[0]).detach()}

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--zero", type=int, default=0)
     p.add_argument("--precision", default="fp32")
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--nan-at", type=int, nargs="*", default=[])  # micro-batch numbers, rank 1 (or 0 alone)
+    p.add_argument("--nan-at", type=int, nargs="*", default=[])  # batch indices with a NaN label, last rank
     p.add_argument("--sleep", type=float, default=0.0)  # seconds per micro-step (kill tests)
     p.add_argument("--world-size-change", default="universal")
     p.add_argument("--local_rank", type=int, default=None)
@@ -43,15 +43,15 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     info = setup("cpu", local_rank_arg=a.local_rank)
     seed_everything(7)
-    nan_rank = 1 if info.world_size > 1 else 0
-    objective = Objective(ToyModel(), ToyLoss(info.rank, tuple(a.nan_at) if info.rank == nan_rank else ()))
+    objective = Objective(ToyModel(), ToyLoss())
     ema = EMA(objective, 0.9)
     dist = DistributedConfig(device="cpu", zero_stage=a.zero, precision=a.precision, grad_accum=a.grad_accum)
     opt = OptimizerConfig(lr=1e-2, weight_decay=0.01)
     ckpt_cfg = CheckpointConfig(every=a.ckpt_every, keep=10, world_size_change=a.world_size_change)
     plan = ck.plan_resume(Path(a.run_dir) / "checkpoints", ckpt_cfg, info)
     engine, _ = build_engine(objective, dist, opt, info, load_universal=plan.mode == "universal")
-    stream = SyntheticStream(11, info.rank)
+    nan_at = tuple(a.nan_at) if info.rank == info.world_size - 1 else ()
+    stream = SyntheticStream(11, info.rank, nan_at)
     settings = LoopSettings(a.steps, opt, ScheduleConfig(warmup_steps=2), EvalConfig(every=a.eval_every),
                             ckpt_cfg, LogConfig(every=1, progress=False))
     dtype = compute_dtype(engine)
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     trainer = Trainer(engine, ema, _Sleepy(stream, a.sleep), val, TASKS, info, a.run_dir, settings,
                       lambda b: b.to(info.device, dtype), zero_stage=a.zero)
     trainer.load_state(*ck.restore(engine, plan, ema, info))
+    if info.is_main:
+        restored = {k: v.detach().float().cpu().contiguous() for k, v in engine.module.state_dict().items()}
+        save_file(restored, str(Path(a.run_dir) / f"restored_{plan.mode}_{trainer.state.step}.safetensors"))
     print(f"rank {info.rank}: resume mode {plan.mode} from step {trainer.state.step}", flush=True)
     summary = trainer.run()
     if info.is_main:
