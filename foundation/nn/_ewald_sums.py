@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -131,6 +132,51 @@ def _check_slab_neutral(q: np.ndarray, graph: int, eps: float) -> None:
         )
 
 
+class _GraphPlan(NamedTuple):
+    alpha: float  # 1/Å, 0 for a direct sum
+    i: np.ndarray  # [n_pairs] local real-space pair indices
+    j: np.ndarray
+    shift: np.ndarray  # [n_pairs, 3] integer cell shifts
+    miller: np.ndarray | None  # [n_k, 3] bulk or [n_k, 2] slab half-space indices
+    axes: tuple[int, int, int] | None  # slab: (periodic u, periodic v, open axis)
+
+
+def _plan_graph(g: int, p, q, c, periodic, accuracy: float, alpha, eps: float) -> _GraphPlan:
+    """Method and bookkeeping of graph `g`: positions p [n, 3], charges q [n], cell c [3, 3]."""
+    n, mode = len(p), int(periodic.sum())
+    if not np.isfinite(p).all() or not np.isfinite(q).all():
+        raise ValueError(f"graph {g}: non-finite positions or charges")
+    if mode == 0:
+        # Direct Coulomb sum: every ordered pair i != j, bare 1/r (α = 0 makes erfc = 1).
+        ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        keep = ii != jj
+        return _GraphPlan(0.0, ii[keep], jj[keep], np.zeros((int(keep.sum()), 3)), None, None)
+    if mode == 1:
+        raise ValueError(
+            f"graph {g}: pbc={periodic.tolist()}; 1-D periodic (wire) Ewald sums are not "
+            "supported: make the cell 3-D periodic with vacuum, or non-periodic"
+        )
+    if mode == 3:
+        volume = abs(float(np.linalg.det(c)))
+        if not volume > 1e-6:
+            raise ValueError(f"graph {g}: periodic cell has zero volume ({volume:.3g} Å^3)")
+        a, r_cut, k_max = split_parameters(3, n, volume, accuracy, alpha)
+        i, j, shift = _real_pairs(p, c, periodic, r_cut)
+        return _GraphPlan(a, i, j, shift, _miller_half_space(np.linalg.inv(c).T, k_max), None)
+    open_axis = int(np.flatnonzero(~periodic)[0])
+    u, v, normal, area = _slab_frame(c, open_axis)
+    if not area > 1e-6:
+        raise ValueError(f"graph {g}: periodic plane of the slab has zero area")
+    _check_slab_neutral(q, g, eps)
+    a, r_cut, k_max = split_parameters(2, n, area, accuracy, alpha)
+    miller = _miller_half_space(np.linalg.inv(np.stack([c[u], c[v], normal])).T[:2], k_max)
+    # vesin needs a full-rank box; the open direction is never shifted, so any height works.
+    box = c.copy()
+    box[open_axis] = normal * (np.ptp(p @ normal) + 1.0)
+    i, j, shift = _real_pairs(p, box, periodic, r_cut)
+    return _GraphPlan(a, i, j, shift, miller, (u, v, open_axis))
+
+
 def make_plan(positions, cell, charges, batch, pbc, accuracy: float, alpha=None) -> EwaldPlan:
     """Choose the method, α, pairs and k vectors of every graph of a batch (see `EwaldPlan`)."""
     if not 0.0 < accuracy < 1.0:
@@ -146,57 +192,30 @@ def make_plan(positions, cell, charges, batch, pbc, accuracy: float, alpha=None)
     if not (np.all(np.diff(graph) >= 0) and starts[-1] == len(graph)):
         raise ValueError("`batch` must be sorted with values in [0, n_graphs)")
 
-    mode, alphas = np.zeros(n_graphs, np.int64), np.zeros(n_graphs)
+    alphas = np.zeros(n_graphs)
     pi, pj, ps = [], [], []
     bulk, bulk_m, slab, slab_axes, slab_m, si, sj = [], [], [], [], [], [], []
     for g in range(n_graphs):
         lo, hi = int(starts[g]), int(starts[g + 1])
-        n, p, c = hi - lo, pos[lo:hi], cells[g]
-        mode[g] = int(periodic[g].sum())
-        if not np.isfinite(p).all() or not np.isfinite(q[lo:hi]).all():
-            raise ValueError(f"graph {g}: non-finite positions or charges")
-        if mode[g] == 0:
-            # Direct Coulomb sum: every ordered pair i != j, bare 1/r (α = 0 makes erfc = 1).
-            ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-            keep = ii != jj
-            pi.append(ii[keep] + lo), pj.append(jj[keep] + lo), ps.append(np.zeros((keep.sum(), 3)))
+        if hi == lo:
             continue
-        if mode[g] == 1:
-            raise ValueError(
-                f"graph {g}: pbc={periodic[g].tolist()}; 1-D periodic (wire) Ewald sums are not "
-                "supported: make the cell 3-D periodic with vacuum, or non-periodic"
-            )
-        if mode[g] == 3:
-            volume = abs(float(np.linalg.det(c)))
-            if not volume > 1e-6:
-                raise ValueError(f"graph {g}: periodic cell has zero volume ({volume:.3g} Å^3)")
-            alphas[g], r_cut, k_max = split_parameters(3, n, volume, accuracy, alpha)
-            bulk.append(g), bulk_m.append(_miller_half_space(np.linalg.inv(c).T, k_max))
-            box = c
-        else:
-            open_axis = int(np.flatnonzero(~periodic[g])[0])
-            u, v, normal, area = _slab_frame(c, open_axis)
-            if not area > 1e-6:
-                raise ValueError(f"graph {g}: periodic plane of the slab has zero area")
-            _check_slab_neutral(q[lo:hi], g, eps)
-            alphas[g], r_cut, k_max = split_parameters(2, n, area, accuracy, alpha)
-            frame = np.stack([c[u], c[v], normal])
-            slab.append(g), slab_axes.append((u, v, open_axis))
-            slab_m.append(_miller_half_space(np.linalg.inv(frame).T[:2], k_max))
-            ii, jj = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-            si.append(ii.ravel() + lo), sj.append(jj.ravel() + lo)
-            # vesin needs a full-rank box; the open direction is never shifted, so any height works.
-            box = c.copy()
-            height = np.ptp(p @ normal) + 1.0 if n else 1.0
-            box[open_axis] = normal * height
-        i, j, shift = _real_pairs(p, box, periodic[g], r_cut)
-        pi.append(i + lo), pj.append(j + lo), ps.append(shift)
+        plan = _plan_graph(g, pos[lo:hi], q[lo:hi], cells[g], periodic[g], accuracy, alpha, eps)
+        alphas[g] = plan.alpha
+        pi.append(plan.i + lo), pj.append(plan.j + lo), ps.append(plan.shift)
+        if plan.axes is not None:
+            ii, jj = np.meshgrid(np.arange(lo, hi), np.arange(lo, hi), indexing="ij")
+            slab.append(g), slab_axes.append(plan.axes), slab_m.append(plan.miller)
+            si.append(ii.ravel()), sj.append(jj.ravel())
+        elif plan.miller is not None:
+            bulk.append(g), bulk_m.append(plan.miller)
 
-    cat = lambda parts, shape: np.concatenate(parts) if parts else np.zeros(shape)  # noqa: E731
+    def cat(parts, shape):
+        return np.concatenate(parts) if parts else np.zeros(shape)
+
     bm, bmask = _pad(bulk_m, 3)
     sm, smask = _pad(slab_m, 2)
     return EwaldPlan(
-        mode=mode,
+        mode=periodic.sum(axis=1),
         alpha=alphas,
         pair_i=cat(pi, (0,)).astype(np.int64),
         pair_j=cat(pj, (0,)).astype(np.int64),
@@ -233,7 +252,8 @@ def _real_space(positions, cell, charges, batch, alpha, plan: EwaldPlan) -> torc
     j = torch.as_tensor(plan.pair_j, device=dev)
     shift = torch.as_tensor(plan.pair_shift, device=dev, dtype=dt)  # [n_pairs, 3]
     graph = batch[i]
-    vec = positions[j] - positions[i] + torch.einsum("pk,pkc->pc", shift, cell[graph])  # [n_pairs, 3] Å
+    lattice = torch.einsum("pk,pkc->pc", shift, cell[graph])  # [n_pairs, 3] Å
+    vec = positions[j] - positions[i] + lattice  # [n_pairs, 3] Å
     r = torch.linalg.vector_norm(vec, dim=-1)  # [n_pairs] Å, > 0 (no self pairs)
     kernel = torch.special.erfc(alpha[graph] * r) / r  # [n_pairs] 1/Å
     return torch.zeros_like(charges).index_add(0, i, kernel * charges[j])
@@ -281,7 +301,7 @@ def _bulk_reciprocal(positions, cell, charges, batch, alpha, plan: EwaldPlan) ->
 
 
 def _slab_profile(kappa, z, a):
-    """e^{κz} erfc(αz + κ/2α) + e^{-κz} erfc(κ/2α - αz), written without overflow for z >= 0."""
+    """e^{κz} erfc(αz + κ/2α) + e^{-κz} erfc(κ/2α - αz), free of overflow for z >= 0."""
     x = kappa / (2 * a)
     return torch.exp(-((a * z) ** 2) - x * x) * torch.special.erfcx(a * z + x) + torch.exp(
         -kappa * z
@@ -290,7 +310,8 @@ def _slab_profile(kappa, z, a):
 
 def _slab_reciprocal(positions, cell, charges, batch, alpha, plan: EwaldPlan) -> torch.Tensor:
     """Exact 2-D Ewald sum (Parry 1975; Heyes, Barber and Clarke 1977), pairwise over a slab:
-    ψ(ρ, z) = (2π/A) Σ_{k in half plane} cos(k·ρ) g_k(z)/k - (2π/A)[z erf(αz) + e^{-α²z²}/(α√π)]."""
+    ψ(ρ, z) = (2π/A) Σ_{k in half plane} cos(k·ρ) g_k(z)/k
+              - (2π/A) [z erf(αz) + e^{-α²z²}/(α√π)]."""
     dev, dt = positions.device, positions.dtype
     gs = torch.as_tensor(plan.slab_graphs, device=dev)
     axes = torch.as_tensor(plan.slab_axes, device=dev)

@@ -4,10 +4,11 @@ Units: charges in e, lengths in Å, energies in eV, potentials φ_i = ∂E/∂q_
 Coulomb constant e²/(4πε0) = 14.399645 eV·Å taken from scipy.constants (`COULOMB`).
 
 What each structure gets, chosen from its `pbc` (never silently treated as 3-D periodic):
-    pbc = (T, T, T)  3-D Ewald sum: real space Σ q_i q_j erfc(α r)/r over images within r_c,
-                     reciprocal space (2π/V) Σ_k exp(-k²/4α²)/k² |S(k)|², self term -α/√π Σ q².
+    pbc = (T, T, T)  3-D Ewald sum: real space ½ Σ q_i q_j erfc(α r)/r over images within r_c,
+                     reciprocal space (2π/V) Σ_k exp(-k²/4α²)/k² |S(k)|²,
+                     self term -α/√π Σ q².
                      A charged cell gets the uniform neutralising background -π Q²/(2 V α²), the
-                     usual convention (pymatgen, VASP, LAMMPS), so its energy is α-independent.
+                     usual convention (as in pymatgen and LAMMPS), so its energy is α-independent.
     two periodic     exact 2-D Ewald sum (Parry 1975; Heyes, Barber and Clarke 1977): the open
                      direction is infinite vacuum whatever the cell vector along it says; no
                      vacuum padding and no dipole correction are needed. Pairwise, O(N²·n_k).
@@ -15,8 +16,9 @@ What each structure gets, chosen from its `pbc` (never silently treated as 3-D p
                      energy per cell).
     pbc = (F, F, F)  direct Coulomb sum ½ Σ_{i≠j} q_i q_j / r_ij, any net charge.
     one periodic     ValueError (1-D Ewald sums are not implemented).
-Splitting parameter and cutoffs come from `accuracy` ε: exp(-(α r_c)²) = exp(-k_max²/4α²) = ε,
-with α balanced so real and reciprocal work are equal (see `_ewald_sums.split_parameters`).
+Splitting parameter and cutoffs come from `accuracy` ε:
+exp(-(α r_c)²) = exp(-k_max²/4α²) = ε, with α balanced so real and reciprocal work are
+equal (see `_ewald_sums.split_parameters`).
 Gradients flow to positions, cell and charges through torch ops (pairs and k vectors are integer
 bookkeeping); α and the cutoffs are held fixed for autograd.
 """
@@ -55,9 +57,13 @@ def ewald_sum(
     """
     n_graphs = cell.shape[0]
     if positions.shape != (charges.shape[0], 3) or charges.dim() != 1:
-        raise ValueError(f"positions {tuple(positions.shape)} and charges {tuple(charges.shape)} disagree")
+        raise ValueError(
+            f"positions {tuple(positions.shape)} and charges {tuple(charges.shape)} disagree"
+        )
     if batch.shape != charges.shape or pbc.shape != (n_graphs, 3):
-        raise ValueError(f"batch {tuple(batch.shape)} / pbc {tuple(pbc.shape)} do not fit {n_graphs} graphs")
+        raise ValueError(
+            f"batch {tuple(batch.shape)} / pbc {tuple(pbc.shape)} do not fit {n_graphs} graphs"
+        )
     charges = charges.to(positions.dtype)
     plan = make_plan(positions, cell, charges, batch, pbc, accuracy, alpha)
     potential = ewald_potential(positions, cell, charges, batch, plan)  # [n_atoms] eV/e
@@ -110,9 +116,11 @@ class LatentEwald(torch.nn.Module):
     on features (and trains like a zero-initialised residual branch).
 
     Cost: per structure, with α balanced, real- and reciprocal-space work both scale as
-    N^1.5·(-ln ε)^1.5 (N atoms, ε = accuracy) for bulk, N²·(-ln ε) for slabs and N² for molecules;
-    the pair list is built by vesin on the CPU (one host sync per call). At ε = 1e-4 this is
-    comparable to one interaction block for ~100-atom cells.
+    N^1.5·(-ln ε)^1.5 (N atoms, ε = accuracy) for bulk, N²·(-ln ε) for slabs and N² for
+    molecules;
+    the pair list is built by vesin on the CPU (one host sync per call). Measured forward +
+    backward at ε = 1e-4, float32, 2-core CPU: bulk 64 / 128 / 512 atoms 2 / 5 / 48 ms,
+    slab 64 / 128 / 256 atoms 5 / 16 / 64 ms.
 
     Shapes: forward(node_feats [n_atoms, irreps_in.dim], positions [n_atoms, 3] Å,
     cell [n_graphs, 3, 3] Å, pbc [n_graphs, 3] bool, batch [n_atoms], n_graphs)
@@ -132,7 +140,8 @@ class LatentEwald(torch.nn.Module):
         ]
         if not scalar:
             raise ValueError(f"LatentEwald needs 0e channels in irreps_in, got {self.irreps_in}")
-        self.register_buffer("scalar_index", torch.tensor(scalar, dtype=torch.long), persistent=False)
+        index = torch.tensor(scalar, dtype=torch.long)  # [n_scalars] | 0e columns of node_feats
+        self.register_buffer("scalar_index", index, persistent=False)
         self.charge_mlp = _mlp(len(scalar), n_hidden, 1)
         self.feedback_mlp = _mlp(2, n_hidden, len(scalar))
         torch.nn.init.zeros_(self.feedback_mlp[-1].weight)
@@ -148,7 +157,9 @@ class LatentEwald(torch.nn.Module):
 
     def forward(self, node_feats, positions, cell, pbc, batch, n_graphs: int):
         if node_feats.shape[-1] != self.irreps_in.dim:
-            raise ValueError(f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.irreps_in.dim}")
+            raise ValueError(
+                f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.irreps_in.dim}"
+            )
         if cell.shape[0] != n_graphs:
             raise ValueError(f"cell has {cell.shape[0]} graphs, n_graphs = {n_graphs}")
         q = self.latent_charges(node_feats, batch, n_graphs)  # [n_atoms] e
