@@ -48,10 +48,7 @@ def neighbor_graph(crystal: Crystal, cutoff: float, dataset: str = "") -> Graph:
     from vesin import NeighborList
 
     pbc = np.asarray(crystal.pbc, dtype=bool)
-    cell = crystal.cell
-    if not pbc.any():
-        # vesin wants a box even when nothing is periodic; any box works then.
-        cell = np.zeros((3, 3))
+    cell = _search_box(crystal.cell, pbc, crystal.positions)
     i, j, shift = NeighborList(cutoff=float(cutoff), full_list=True).compute(
         points=crystal.positions, box=cell, periodic=pbc.tolist(), quantities="ijS"
     )
@@ -62,6 +59,26 @@ def neighbor_graph(crystal: Crystal, cutoff: float, dataset: str = "") -> Graph:
         edge_shift=np.asarray(shift, dtype=np.float64).reshape(-1, 3),
         dataset=dataset or crystal.source,
     )
+
+
+def _search_box(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """The box handed to vesin. Rows along non-periodic directions never produce shifts, so
+    their value only matters to vesin itself, which aborts the process (SIGFPE) on a singular
+    box with some periodic direction: a zero or degenerate open-direction row (common for slabs
+    and molecules) is replaced by a vector orthogonal to the periodic rows, long enough to
+    span the atoms."""
+    if not pbc.any():
+        return np.zeros((3, 3))
+    cell = np.array(cell, dtype=np.float64)
+    if abs(np.linalg.det(cell)) > 1e-8 * max(np.abs(cell).max(), 1.0) ** 3:
+        return cell
+    extent = np.ptp(positions, axis=0).max() if len(positions) else 0.0
+    # Orthonormal complement of the periodic rows: one direction per open axis.
+    _, _, vt = np.linalg.svd(cell[pbc])
+    complement = vt[int(pbc.sum()):]
+    for row, k in zip(complement, np.flatnonzero(~pbc)):
+        cell[k] = row * (extent + 10.0)
+    return cell
 
 
 @dataclass

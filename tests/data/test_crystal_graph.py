@@ -86,3 +86,16 @@ def test_collate_offsets_and_masks():
     assert batch.targets["forces"].shape == (9, 3)
     moved = batch.to(dtype=torch.float32)
     assert moved.positions.dtype == torch.float32 and moved.numbers.dtype == torch.int64
+
+
+def test_slab_with_zero_open_row_does_not_crash_vesin():
+    # vesin aborts on a singular box with a periodic direction; the graph builder must guard it.
+    slab = fcc111("Cu", size=(2, 2, 2), vacuum=5.0)
+    cell = np.array(slab.cell)
+    cell[2] = 0.0
+    c = Crystal(numbers=slab.numbers, positions=slab.positions, cell=cell, pbc=[True, True, False])
+    g = neighbor_graph(c, 3.0)
+    ref = neighbor_graph(Crystal.from_ase(slab), 3.0)
+    np.testing.assert_allclose(np.sort(_distances(g)), np.sort(_distances(ref)), atol=1e-10)
+    wire = Crystal(numbers=[6, 6], positions=[[0, 0, 0], [1.4, 0, 0]], cell=np.diag([2.8, 0, 0]), pbc=[True, False, False])
+    assert neighbor_graph(wire, 2.0).n_edges == 4
