@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     from toy import TASKS, SyntheticStream, ToyLoss, ToyModel, make_batch
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    Path(a.run_dir).mkdir(parents=True, exist_ok=True)
     info = setup("cpu", local_rank_arg=a.local_rank)
     seed_everything(7)
     objective = Objective(ToyModel(), ToyLoss())
