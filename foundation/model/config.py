@@ -1,0 +1,71 @@
+"""`ModelConfig`: every architecture choice of the encoder and heads, as one frozen dataclass.
+
+Load from YAML with `foundation.config.from_dict(ModelConfig, load_yaml("configs/model/tiny.yaml"))`.
+The config carries no dtype or device: a model is built in torch's default dtype and moved with
+`.to(device, dtype)`, so the same config serves float64 tests and bf16 GPU training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from e3nn import o3
+
+__all__ = ["ModelConfig"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cutoff: float = 5.0  # Å, neighbour-list radius; build graphs with the same value
+    n_basis: int = 8  # radial Bessel functions
+    cutoff_p: int = 6  # polynomial envelope exponent (u, u', u'' vanish at the cutoff)
+    lmax: int = 2  # highest spherical-harmonic degree of the edge directions
+    hidden_irreps: str = "32x0e + 16x1o + 8x2e"  # node features after every block
+    n_layers: int = 3  # interaction blocks
+    radial_hidden: tuple[int, ...] = (64,)  # hidden widths of each block's radial MLP
+    avg_num_neighbors: float = 20.0  # neighbour sums are divided by its square root
+    ewald_every: int = 0  # a LatentEwald block after every k-th interaction block; 0 = none
+    ewald_hidden: int = 16  # width of the LatentEwald charge and feedback MLPs
+    ewald_accuracy: float = 1e-4  # relative truncation error of the Ewald sums
+    head_hidden: int = 64  # hidden width of every task head's MLP
+    max_atomic_number: int = 118  # species embedding and element references cover Z = 0 .. this
+
+    def __post_init__(self) -> None:
+        positive = {
+            "cutoff": self.cutoff, "n_basis": self.n_basis, "n_layers": self.n_layers,
+            "avg_num_neighbors": self.avg_num_neighbors, "ewald_hidden": self.ewald_hidden,
+            "ewald_accuracy": self.ewald_accuracy, "head_hidden": self.head_hidden,
+            "max_atomic_number": self.max_atomic_number,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.cutoff_p < 2:
+            raise ValueError(f"cutoff_p must be >= 2, got {self.cutoff_p}")
+        if self.lmax < 0:
+            raise ValueError(f"lmax must be >= 0, got {self.lmax}")
+        if self.ewald_every < 0:
+            raise ValueError(f"ewald_every must be >= 0 (0 disables), got {self.ewald_every}")
+        if not 0 < self.ewald_accuracy < 1:
+            raise ValueError(f"ewald_accuracy must be in (0, 1), got {self.ewald_accuracy}")
+        if any(w < 1 for w in self.radial_hidden):
+            raise ValueError(f"radial_hidden widths must be >= 1, got {self.radial_hidden}")
+        try:
+            irreps = o3.Irreps(self.hidden_irreps)
+        except (ValueError, AssertionError) as exc:
+            raise ValueError(f"hidden_irreps {self.hidden_irreps!r} is not an irreps string: {exc}") from exc
+        if self.n_scalars == 0:
+            raise ValueError(f"hidden_irreps {self.hidden_irreps!r} needs 0e channels (invariants)")
+        if irreps.lmax > 2 * self.lmax:
+            raise ValueError(
+                f"hidden_irreps {self.hidden_irreps!r} has l = {irreps.lmax} > 2·lmax = {2 * self.lmax}"
+            )
+
+    @property
+    def n_scalars(self) -> int:
+        """Number of 0e channels of the hidden features: the invariant feature width F."""
+        return sum(mul for mul, ir in o3.Irreps(self.hidden_irreps) if ir == o3.Irrep("0e"))
+
+    @property
+    def n_species(self) -> int:
+        return self.max_atomic_number + 1

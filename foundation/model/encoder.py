@@ -1,0 +1,114 @@
+"""`Encoder`: species embedding, L equivariant interaction blocks, optional latent Ewald blocks.
+
+Reads a `foundation.data.graph.Batch`; the architecture reads top to bottom, each block's
+`irreps_in` checked against the previous block's `irreps_out` when the encoder is built.
+Edge vectors are recomputed from positions, cell and integer shifts on every call, so gradients
+reach positions (forces) and cell (stress).
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from ..data.graph import Batch
+from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps
+from ..nn.radial import RadialEmbedding
+from .config import ModelConfig
+
+__all__ = ["Encoder", "edge_vectors", "mean_pool"]
+
+
+def edge_vectors(batch: Batch, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """r_ij = pos[j] − pos[i] + shift · cell[graph(i)], [n_edges, 3] Å (graph.py's convention)."""
+    pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
+    receiver, sender = batch.edge_index[0], batch.edge_index[1]
+    cell = batch.cell.index_select(0, batch.batch.index_select(0, receiver))  # [n_edges, 3, 3] Å
+    shift = torch.einsum("ek,ekx->ex", batch.edge_shift.to(pos.dtype), cell)  # [n_edges, 3] Å
+    return pos.index_select(0, sender) - pos.index_select(0, receiver) + shift
+
+
+def mean_pool(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    """Per-graph mean of per-atom rows: [n_atoms, F] -> [n_graphs, F]."""
+    total = values.new_zeros((n_graphs,) + values.shape[1:]).index_add_(0, batch, values)
+    count = values.new_zeros(n_graphs).index_add_(0, batch, values.new_ones(values.shape[0]))
+    return total / count.clamp(min=1).reshape((n_graphs,) + (1,) * (values.dim() - 1))
+
+
+class Encoder(nn.Module):
+    """Equivariant message-passing encoder.
+
+    forward(batch, positions=None) -> dict with
+        node_features    [n_atoms, irreps_out.dim]  all channels (equivariant)
+        node_invariants  [n_atoms, F]               the 0e channels, F = config.n_scalars
+        graph_features   [n_graphs, F]              mean over each structure's atoms
+        ewald_energy     [n_graphs] eV              only when config.ewald_every > 0
+    `positions` replaces batch.positions (a tensor that requires grad, for forces).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        hidden = normalize_irreps(config.hidden_irreps)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(config.lmax)
+        self.irreps_embed = o3.Irreps(f"{config.n_scalars}x0e")
+        self.embedding = nn.Embedding(config.n_species, config.n_scalars)
+        self.spherical_harmonics = o3.SphericalHarmonics(
+            self.irreps_sh, normalize=True, normalization="component"
+        )
+        self.radial = RadialEmbedding(config.cutoff, config.n_basis, config.cutoff_p)
+        self.blocks = nn.ModuleList()
+        self.ewald = nn.ModuleDict()  # str(block index) -> LatentEwald after that block
+        irreps = self.irreps_embed
+        for layer in range(config.n_layers):
+            block = InteractionBlock(
+                irreps, hidden, self.irreps_sh, config.n_basis, config.radial_hidden,
+                config.avg_num_neighbors,
+            )
+            check_irreps(irreps, block.irreps_in, f"interaction block {layer} input")
+            self.blocks.append(block)
+            irreps = block.irreps_out
+            if config.ewald_every and (layer + 1) % config.ewald_every == 0:
+                # Imported here so the encoder builds without the Ewald code when it is off.
+                from ..nn.ewald import LatentEwald
+
+                ewald = LatentEwald(irreps, config.ewald_hidden, config.ewald_accuracy)
+                check_irreps(irreps, ewald.irreps_in, f"Ewald block after layer {layer}")
+                self.ewald[str(layer)] = ewald
+                irreps = ewald.irreps_out
+        self.irreps_out = irreps
+        scalar = [i for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0e")
+                  for i in range(sl.start, sl.stop)]
+        self.register_buffer("scalar_index", torch.tensor(scalar, dtype=torch.long), persistent=False)
+        self.n_invariants = len(scalar)
+
+    def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        numbers = batch.numbers
+        if numbers.numel() and int(numbers.max()) > self.config.max_atomic_number:
+            raise ValueError(
+                f"atomic number {int(numbers.max())} > max_atomic_number {self.config.max_atomic_number}"
+            )
+        pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
+        n_graphs = batch.n_graphs
+        vec = edge_vectors(batch, pos)  # [n_edges, 3] Å
+        length = vec.norm(dim=-1)  # [n_edges] Å
+        edge_sh = self.spherical_harmonics(vec)  # [n_edges, irreps_sh.dim]
+        edge_radial = self.radial(length)  # [n_edges, n_basis]
+        # Standard-normal embedding rows, so the first block sees unit-variance scalars.
+        h = self.embedding(numbers).to(pos.dtype)  # [n_atoms, F] 0e
+        ewald_energy = None
+        for layer, block in enumerate(self.blocks):
+            h = block(h, edge_sh, edge_radial, batch.edge_index)  # [n_atoms, hidden]
+            if str(layer) in self.ewald:
+                h, energy = self.ewald[str(layer)](h, pos, batch.cell, batch.pbc, batch.batch, n_graphs)
+                ewald_energy = energy if ewald_energy is None else ewald_energy + energy  # [n_graphs] eV
+        invariants = h.index_select(1, self.scalar_index)  # [n_atoms, F]
+        out = {
+            "node_features": h,
+            "node_invariants": invariants,
+            "graph_features": mean_pool(invariants, batch.batch, n_graphs),  # [n_graphs, F]
+        }
+        if ewald_energy is not None:
+            out["ewald_energy"] = ewald_energy
+        return out

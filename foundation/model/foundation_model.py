@@ -1,0 +1,127 @@
+"""`FoundationModel`: one `Encoder` shared by every task, one head per task.
+
+    model = FoundationModel(config, [TaskSpec.for_target("energy", name="oc20_energy",
+                                                          datasets=("oc20",)),
+                                     TaskSpec.for_target("forces", name="oc20_forces",
+                                                          forces_of="oc20_energy",
+                                                          datasets=("oc20",))],
+                            normalization={"oc20_energy": (mean, std)},
+                            element_refs={"oc20_energy": {1: -3.4, 8: -7.2}})
+    preds = model(batch)        # {"oc20_energy": [n_graphs] eV, "oc20_forces": [n_atoms, 3] eV/Å}
+
+Every task is predicted for every record: which records carry labels is the loss's business.
+Head swaps for fine-tuning are explicit: `add_task` refuses a name already present,
+`remove_task` refuses an unknown name or an energy task that a force task still needs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..data.graph import Batch
+from .config import ModelConfig
+from .encoder import Encoder
+from .heads import TaskHead, forces_from_energy
+from .tasks import TaskSpec
+
+__all__ = ["FoundationModel"]
+
+
+class FoundationModel(nn.Module):
+    """Shared encoder + task heads. forward(batch) -> {task name: prediction, physical units}.
+
+    Args:
+        config: architecture.
+        tasks: task specs, names unique; a force task's `forces_of` must name an energy task
+            (`TaskSpec.is_energy`) of the list.
+        normalization: {task: (mean, std)} per-atom contribution statistics (see heads.py).
+        element_refs: {task: {Z: reference}} per-element reference values of energy tasks.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        tasks: list[TaskSpec],
+        normalization: Mapping[str, tuple] | None = None,
+        element_refs: Mapping[str, Mapping[int, float]] | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.heads = nn.ModuleDict()
+        self.tasks: dict[str, TaskSpec] = {}
+        normalization = dict(normalization or {})
+        element_refs = dict(element_refs or {})
+        unknown = sorted((set(normalization) | set(element_refs)) - {t.name for t in tasks})
+        if unknown:
+            raise ValueError(f"normalisation / element references for unknown task(s): {unknown}")
+        # Energy tasks first, so a force task may be listed before the energy it differentiates.
+        for spec in sorted(tasks, key=lambda t: t.forces_of is not None):
+            self.add_task(spec, normalization.get(spec.name), element_refs.get(spec.name))
+        self.tasks = {t.name: self.tasks[t.name] for t in tasks}  # keep the caller's order
+
+    # -- head management -------------------------------------------------------------------------
+    def add_task(self, spec: TaskSpec, normalization: tuple | None = None,
+                 element_refs: Mapping[int, float] | None = None) -> None:
+        """Add a task (and its head, on the encoder's device and dtype). Raises on a name clash."""
+        if spec.name in self.tasks:
+            raise ValueError(f"task {spec.name!r} already exists; remove_task it first to replace it")
+        if spec.forces_of is not None:
+            energy = self.tasks.get(spec.forces_of)
+            if energy is None or not energy.is_energy:
+                raise ValueError(
+                    f"force task {spec.name!r}: forces_of={spec.forces_of!r} must name an energy task "
+                    f"(scalar, eV extensive or eV/atom intensive) of this model; have {list(self.tasks)}"
+                )
+            if normalization is not None or element_refs is not None:
+                raise ValueError(f"force task {spec.name!r} takes its scale from {spec.forces_of!r}")
+        else:
+            head = TaskHead(spec, self.encoder.n_invariants, self.config.head_hidden, self.config.n_species)
+            ref = next(self.encoder.parameters())
+            head = head.to(device=ref.device, dtype=ref.dtype)
+            if normalization is not None:
+                head.set_normalization(*normalization)
+            if element_refs is not None:
+                head.set_element_refs(element_refs)
+            self.heads[spec.name] = head
+        self.tasks[spec.name] = spec
+
+    def remove_task(self, name: str) -> TaskSpec:
+        """Remove a task and its head; returns its spec."""
+        if name not in self.tasks:
+            raise KeyError(f"no task {name!r}; tasks are {list(self.tasks)}")
+        users = [t.name for t in self.tasks.values() if t.forces_of == name]
+        if users:
+            raise ValueError(f"task {name!r} is the energy of force task(s) {users}: remove those first")
+        if name in self.heads:
+            del self.heads[name]
+        return self.tasks.pop(name)
+
+    # -- forward -----------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        force_tasks = [t for t in self.tasks.values() if t.forces_of is not None]
+        if not force_tasks:
+            encoded = self.encoder(batch)
+            return {name: head(encoded, batch) for name, head in self.heads.items()}
+        grad_was_enabled = torch.is_grad_enabled()
+        # Forces need the graph from positions to energies even under no_grad (evaluation).
+        with torch.enable_grad():
+            positions = batch.positions
+            if not positions.requires_grad:
+                positions = positions.detach().requires_grad_(True)
+            batch = dataclasses.replace(batch, positions=positions)
+            encoded = self.encoder(batch, positions)
+            preds = {name: head(encoded, batch) for name, head in self.heads.items()}
+            create_graph = self.training and grad_was_enabled
+            for spec in force_tasks:
+                preds[spec.name] = forces_from_energy(preds[spec.forces_of], positions, create_graph)
+        if not grad_was_enabled:
+            preds = {name: value.detach() for name, value in preds.items()}
+        return {name: preds[name] for name in self.tasks}
+
+    def extra_repr(self) -> str:
+        return "tasks=" + ", ".join(f"{t.name}({t.level}, {t.unit or '-'})" for t in self.tasks.values())

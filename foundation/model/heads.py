@@ -1,0 +1,103 @@
+"""Task heads: an MLP on the encoder's per-atom invariants, pooled per structure when needed.
+
+For a regression task with normalisation (mean μ, std σ) and element references ref[Z]
+(eV for extensive energies, eV/atom for intensive ones), every atom contributes
+
+    c_i = σ · MLP(h_i) + μ + ref[Z_i]                    (physical units)
+
+and a structure-level prediction is Σ_i c_i (extensive) or mean_i c_i (intensive). So μ and σ are
+per-atom statistics: of (y − Σ ref) / n_atoms for an extensive label, of y − mean ref for an
+intensive one (the shard manifest provides them). An energy task (`TaskSpec.is_energy`) also gets
+the encoder's Ewald energy (per cell, or divided by n_atoms for eV/atom). Classification heads
+return logits, averaged over atoms. Force tasks have no head: `forces_from_energy`.
+All normalisation and references are buffers, saved with the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..data.graph import Batch
+from .tasks import TaskSpec
+
+__all__ = ["TaskHead", "forces_from_energy"]
+
+
+class TaskHead(nn.Module):
+    """One task's head.
+
+    forward(encoded: Encoder output dict, batch) -> [n_graphs] / [n_graphs, dim] (structure level)
+    or [n_atoms] / [n_atoms, dim] (atom level), in the task's unit (logits for classification).
+    """
+
+    def __init__(self, spec: TaskSpec, n_in: int, hidden: int, n_species: int):
+        super().__init__()
+        if spec.forces_of is not None:
+            raise ValueError(f"task {spec.name!r} is a force task: it has no head of its own")
+        self.spec = spec
+        self.mlp = nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, spec.dim))
+        self.register_buffer("mean", torch.zeros(spec.dim))  # [dim] per-atom contribution offset
+        self.register_buffer("std", torch.ones(spec.dim))  # [dim] per-atom contribution scale
+        self.register_buffer("element_ref", torch.zeros(n_species))  # [n_species] task unit
+
+    def set_normalization(self, mean, std) -> None:
+        """Set μ and σ (scalars or length-dim sequences, task unit); σ must be > 0."""
+        if self.spec.kind == "classification":
+            raise ValueError(f"task {self.spec.name!r}: classification logits take no normalisation")
+        mean_t = torch.as_tensor(mean, dtype=self.mean.dtype).reshape(-1).expand(self.spec.dim)
+        std_t = torch.as_tensor(std, dtype=self.std.dtype).reshape(-1).expand(self.spec.dim)
+        if not torch.isfinite(mean_t).all() or not (std_t > 0).all():
+            raise ValueError(f"task {self.spec.name!r}: normalisation needs finite mean and std > 0, "
+                             f"got mean={mean}, std={std}")
+        self.mean.copy_(mean_t)
+        self.std.copy_(std_t)
+
+    def set_element_refs(self, refs: Mapping[int, float] | Sequence[float]) -> None:
+        """Per-element references {Z: value} (task unit); elements not given stay 0."""
+        if self.spec.kind != "regression" or self.spec.dim != 1 or self.spec.level != "structure":
+            raise ValueError(f"task {self.spec.name!r}: element references need a scalar "
+                             "structure-level regression task")
+        items = refs.items() if isinstance(refs, Mapping) else enumerate(refs)
+        table = torch.zeros_like(self.element_ref)
+        for z, value in items:
+            if not 0 <= int(z) < table.shape[0]:
+                raise ValueError(f"task {self.spec.name!r}: element reference for Z={z} outside "
+                                 f"0..{table.shape[0] - 1}")
+            table[int(z)] = float(value)
+        self.element_ref.copy_(table)
+
+    def forward(self, encoded: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        spec = self.spec
+        h = encoded["node_invariants"]  # [n_atoms, F]
+        out = self.mlp(h)  # [n_atoms, dim] normalised
+        if spec.kind == "regression":
+            out = out * self.std + self.mean  # [n_atoms, dim] task unit
+            if spec.dim == 1 and spec.level == "structure":
+                out = out + self.element_ref.index_select(0, batch.numbers).unsqueeze(-1).to(out.dtype)
+        if spec.level == "structure":
+            total = out.new_zeros(batch.n_graphs, spec.dim).index_add_(0, batch.batch, out)
+            n_atoms = batch.n_atoms.to(out.dtype).clamp(min=1).unsqueeze(-1)  # [n_graphs, 1]
+            out = total if spec.extensive else total / n_atoms  # [n_graphs, dim]
+            if spec.is_energy and "ewald_energy" in encoded:
+                ewald = encoded["ewald_energy"].unsqueeze(-1)  # [n_graphs, 1] eV
+                out = out + (ewald if spec.extensive else ewald / n_atoms)
+        return out.squeeze(-1) if spec.dim == 1 else out
+
+
+def forces_from_energy(energy: torch.Tensor, positions: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """F = −∂(Σ_g E_g)/∂positions: [n_graphs] eV, [n_atoms, 3] Å -> [n_atoms, 3] eV/Å.
+
+    Structures are disconnected graphs, so the gradient of the sum gives each structure's own
+    forces. `create_graph=True` in training, so the force loss can be back-propagated.
+    """
+    if not energy.requires_grad:  # frozen model on a structure without edges: E is constant
+        return torch.zeros_like(positions)
+    (grad,) = torch.autograd.grad(
+        energy.sum(), positions, create_graph=create_graph, retain_graph=True, allow_unused=True
+    )
+    if grad is None:  # an energy that does not depend on positions (no edges): zero forces
+        return torch.zeros_like(positions)
+    return -grad

@@ -1,0 +1,89 @@
+"""`TaskSpec`: a prediction task as plain data (what to predict, from which label, with which loss).
+
+A task names a label key of `Batch.targets` (see `foundation.data.targets`); several tasks may
+read the same key from different datasets (one energy task per database, JMP style), which is
+what `datasets` is for. A force task has no head of its own: its prediction is minus the
+position gradient of the energy task it names in `forces_of`.
+
+Prediction conventions (physical units, `unit`):
+    structure level, dim 1    [n_graphs]
+    structure level, dim k    [n_graphs, k]
+    atom level, forces_of     [n_atoms, 3]
+    atom level, otherwise     [n_atoms] (dim 1) or [n_atoms, k]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ..data.targets import target_info
+
+__all__ = ["TaskSpec"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # unique within a model, e.g. "oc20_energy"
+    target: str  # label key in Batch.targets, e.g. "energy"
+    level: Literal["structure", "atom"] = "structure"
+    kind: Literal["regression", "classification"] = "regression"
+    unit: str = ""  # unit of the predictions and labels, for logs and exports
+    loss: Literal["mae", "mse", "huber", "bce"] = "mae"
+    datasets: tuple[str, ...] = ()  # records of these datasets carry the label; () = any dataset
+    extensive: bool = False  # structure level: sum per-atom contributions (True) or average them
+    forces_of: str | None = None  # force task: name of the energy task it differentiates
+    weight: float = 1.0  # weight in MultiTaskLoss(mode="fixed")
+    dim: int = 1  # output components per structure or atom (forces: 3)
+    huber_delta: float = 1.0  # huber loss threshold, in normalised (÷ std) units
+
+    def __post_init__(self) -> None:
+        where = f"task {self.name!r}"
+        if not self.name or not self.target:
+            raise ValueError(f"{where}: name and target must be non-empty")
+        if self.level not in ("structure", "atom"):
+            raise ValueError(f"{where}: level must be 'structure' or 'atom', got {self.level!r}")
+        if self.kind not in ("regression", "classification"):
+            raise ValueError(f"{where}: kind must be 'regression' or 'classification', got {self.kind!r}")
+        if self.loss not in ("mae", "mse", "huber", "bce"):
+            raise ValueError(f"{where}: loss must be mae, mse, huber or bce, got {self.loss!r}")
+        if (self.kind == "classification") != (self.loss == "bce"):
+            raise ValueError(f"{where}: loss 'bce' goes with kind 'classification' and only with it")
+        if self.kind == "classification" and (self.dim != 1 or self.level != "structure"):
+            raise ValueError(f"{where}: classification tasks are binary, structure level, dim 1")
+        if self.dim < 1 or self.weight < 0 or self.huber_delta <= 0:
+            raise ValueError(f"{where}: needs dim >= 1, weight >= 0, huber_delta > 0")
+        if self.forces_of is not None:
+            if self.level != "atom" or self.kind != "regression" or self.dim != 3:
+                raise ValueError(f"{where}: a force task (forces_of) is atom level regression, dim 3")
+            if self.forces_of == self.name:
+                raise ValueError(f"{where}: forces_of names the task itself")
+        if self.level == "atom" and self.extensive:
+            raise ValueError(f"{where}: 'extensive' applies to structure-level tasks only")
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+
+    @property
+    def is_energy(self) -> bool:
+        """A scalar energy of the cell (eV, extensive) or per atom (eV/atom, intensive): the
+        tasks that receive the Ewald energy and can be differentiated into forces."""
+        scalar = self.level == "structure" and self.kind == "regression" and self.dim == 1
+        return scalar and ((self.unit == "eV" and self.extensive) or (self.unit == "eV/atom" and not self.extensive))
+
+    def uses(self, dataset: str) -> bool:
+        """Whether records of `dataset` may carry this task's label."""
+        return not self.datasets or dataset in self.datasets
+
+    @classmethod
+    def for_target(cls, target: str, name: str | None = None, **overrides) -> "TaskSpec":
+        """A task for a canonical label, with level, kind, unit, extensivity and loss filled
+        from `foundation.data.targets.TARGETS` (forces: `forces_of` must be given)."""
+        info = target_info(target)
+        fields = dict(
+            name=name or target, target=target, level=info.level, kind=info.kind, unit=info.unit,
+            loss="bce" if info.kind == "classification" else "mae", extensive=info.extensive,
+            dim=3 if info.level == "atom" else 1,
+        )
+        fields.update(overrides)
+        if target == "forces" and fields.get("forces_of") is None:
+            raise ValueError("target 'forces' needs forces_of=<name of its energy task>")
+        return cls(**fields)

@@ -1,0 +1,136 @@
+"""Equivariant interaction block (NequIP/MACE style, our own code).
+
+One block maps node features h (irreps_in) to new features (irreps_out):
+
+    x_j      = Linear(h_j)                                          # [n_atoms, irreps_in]
+    m_ij     = TP(x_j ⊗ Y(r̂_ij); w = MLP(radial(|r_ij|)))          # [n_edges, irreps_mid]
+    a_i      = Σ_j m_ij / sqrt(avg_num_neighbors)                   # [n_atoms, irreps_mid]
+    h'_i     = Gate(Linear(a_i)) + SelfConnection(h_i)              # [n_atoms, irreps_out]
+
+The tensor product is "uvu" (each input channel keeps its own weight per path), its weights are
+per edge from a radial MLP with no biases, so a zero radial embedding (r ≥ r_c) gives a zero
+message. The gate applies SiLU to even scalars, tanh to odd scalars (odd activations keep parity),
+and multiplies each l > 0 irrep by sigmoid of its own 0e gate scalar.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import nn as enn
+from e3nn import o3
+from torch import nn
+
+__all__ = ["InteractionBlock", "gate_for", "check_irreps", "normalize_irreps"]
+
+
+def normalize_irreps(irreps) -> o3.Irreps:
+    """Sorted by (l, parity) and merged: the one order every block and the gate agree on."""
+    return o3.Irreps(irreps).sort().irreps.simplify()
+
+
+def check_irreps(expected, got, where: str) -> None:
+    """Raise ValueError naming `where` when two irreps differ (chaining blocks top to bottom)."""
+    if o3.Irreps(expected) != o3.Irreps(got):
+        raise ValueError(f"{where}: irreps mismatch, expected {o3.Irreps(expected)}, got {o3.Irreps(got)}")
+
+
+def gate_for(irreps_out: o3.Irreps) -> enn.Gate:
+    """The gated nonlinearity whose output is exactly `irreps_out` (normalised order)."""
+    irreps_out = normalize_irreps(irreps_out)
+    scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l == 0])
+    gated = o3.Irreps([(mul, ir) for mul, ir in irreps_out if ir.l > 0])
+    if gated.num_irreps > 0 and scalars.num_irreps == 0:
+        raise ValueError(f"irreps {irreps_out} have l > 0 channels but no scalar channel")
+    acts = [torch.nn.functional.silu if ir.p == 1 else torch.tanh for _, ir in scalars]
+    gates = o3.Irreps([(mul, "0e") for mul, _ in gated])
+    gate = enn.Gate(scalars, acts, gates, [torch.sigmoid] * len(gates), gated)
+    check_irreps(irreps_out, gate.irreps_out, "gate output")
+    return gate
+
+
+def _tensor_product(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, targets: o3.Irreps):
+    """uvu tensor product keeping only paths whose output irrep is one the block needs."""
+    wanted = {ir for _, ir in targets}
+    mid, instructions = [], []
+    for i, (mul, ir_in) in enumerate(irreps_in):
+        for j, (_, ir_edge) in enumerate(irreps_sh):
+            for ir_out in ir_in * ir_edge:
+                if ir_out in wanted:
+                    instructions.append((i, j, len(mid), "uvu", True))
+                    mid.append((mul, ir_out))
+    mid = o3.Irreps(mid)
+    missing = [str(ir) for ir in wanted if ir not in {ir for _, ir in mid}]
+    if missing:
+        raise ValueError(
+            f"irreps {', '.join(sorted(missing))} cannot be reached from {irreps_in} ⊗ {irreps_sh}"
+        )
+    mid_sorted, perm, _ = mid.sort()
+    instructions = [(i, j, perm[k], mode, train) for i, j, k, mode, train in instructions]
+    tp = o3.TensorProduct(
+        irreps_in, irreps_sh, mid_sorted, instructions, shared_weights=False, internal_weights=False
+    )
+    return tp, mid_sorted
+
+
+class InteractionBlock(nn.Module):
+    """Tensor-product convolution + gate + self-connection.
+
+    Args:
+        irreps_in: node feature irreps entering the block.
+        irreps_out: node feature irreps leaving it (normalised order; needs 0e channels if it
+            has l > 0 ones, since those become the gated scalars).
+        irreps_sh: spherical-harmonic irreps of the edge directions.
+        n_basis: width of the radial embedding.
+        radial_hidden: hidden widths of the radial MLP.
+        avg_num_neighbors: the sum over neighbours is divided by its square root.
+
+    forward(node_feats [n_atoms, irreps_in.dim], edge_sh [n_edges, irreps_sh.dim],
+    edge_radial [n_edges, n_basis], edge_index [2, n_edges]) -> [n_atoms, irreps_out.dim].
+    Raises ValueError at construction when irreps_out cannot be produced from the inputs.
+    """
+
+    def __init__(
+        self,
+        irreps_in,
+        irreps_out,
+        irreps_sh,
+        n_basis: int,
+        radial_hidden: tuple[int, ...] = (64,),
+        avg_num_neighbors: float = 1.0,
+    ):
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = normalize_irreps(irreps_out)
+        self.irreps_sh = o3.Irreps(irreps_sh)
+        if self.irreps_in.dim == 0 or self.irreps_out.dim == 0:
+            raise ValueError(f"empty irreps: in {self.irreps_in}, out {self.irreps_out}")
+        if avg_num_neighbors <= 0:
+            raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
+        self.n_basis = int(n_basis)
+        self.norm = float(avg_num_neighbors) ** -0.5
+
+        self.gate = gate_for(self.irreps_out)
+        self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
+        self.tp, self.irreps_mid = _tensor_product(self.irreps_in, self.irreps_sh, self.gate.irreps_in)
+        self.radial_mlp = enn.FullyConnectedNet(
+            [self.n_basis, *radial_hidden, self.tp.weight_numel], torch.nn.functional.silu
+        )
+        self.linear_out = o3.Linear(self.irreps_mid, self.gate.irreps_in)
+        self.self_connection = o3.Linear(self.irreps_in, self.irreps_out)
+        check_irreps(self.linear_out.irreps_out, self.gate.irreps_in, "InteractionBlock gate input")
+        check_irreps(self.self_connection.irreps_out, self.irreps_out, "InteractionBlock self-connection")
+
+    def forward(self, node_feats, edge_sh, edge_radial, edge_index) -> torch.Tensor:
+        if node_feats.shape[-1] != self.irreps_in.dim:
+            raise ValueError(
+                f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.irreps_in.dim} "
+                f"({self.irreps_in})"
+            )
+        receiver, sender = edge_index[0], edge_index[1]
+        x = self.linear_in(node_feats)  # [n_atoms, irreps_in]
+        weights = self.radial_mlp(edge_radial)  # [n_edges, tp.weight_numel]
+        messages = self.tp(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
+        agg = messages.new_zeros(node_feats.shape[0], messages.shape[1])
+        agg = agg.index_add_(0, receiver, messages) * self.norm  # [n_atoms, irreps_mid]
+        out = self.gate(self.linear_out(agg))  # [n_atoms, irreps_out]
+        return out + self.self_connection(node_feats)  # [n_atoms, irreps_out]
