@@ -1,17 +1,38 @@
 """`ModelConfig`: every architecture choice of the encoder and heads, as one frozen dataclass.
 
 Load from YAML with `foundation.config.from_dict(ModelConfig, load_yaml("configs/model/tiny.yaml"))`.
-The config carries no dtype or device: a model is built in torch's default dtype and moved with
-`.to(device, dtype)`, so the same config serves float64 tests and bf16 GPU training.
+The config carries no dtype or device: a model is built in the `dtype` its constructor is given
+(torch's default otherwise) and moved with `.to(device, dtype)`, so the same config serves
+float64 tests and bf16 GPU training.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from e3nn import o3
 
-__all__ = ["ModelConfig"]
+__all__ = ["ModelConfig", "building_dtype"]
+
+
+@contextmanager
+def building_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Build modules with `dtype` as torch's default dtype (None: leave it).
+
+    e3nn computes its constant tables (Clebsch-Gordan coefficients, spherical-harmonic
+    normalisation) in the default dtype when a module is built; a model built in float32 and
+    cast with `.double()` keeps float32-rounded constants (errors ~1e-7). Build in float64 for
+    exact float64 work."""
+    previous = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 @dataclass(frozen=True)

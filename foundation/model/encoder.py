@@ -13,9 +13,9 @@ from e3nn import o3
 from torch import nn
 
 from ..data.graph import Batch
-from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps
+from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps, reachable_irreps
 from ..nn.radial import RadialEmbedding
-from .config import ModelConfig
+from .config import ModelConfig, building_dtype
 
 __all__ = ["Encoder", "edge_vectors", "mean_pool"]
 
@@ -45,10 +45,16 @@ class Encoder(nn.Module):
         graph_features   [n_graphs, F]              mean over each structure's atoms
         ewald_energy     [n_graphs] eV              only when config.ewald_every > 0
     `positions` replaces batch.positions (a tensor that requires grad, for forces).
+    Built in `dtype` (torch's default if None); see `building_dtype` for why float64 work
+    should build in float64 rather than cast.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype | None = None):
         super().__init__()
+        with building_dtype(dtype):
+            self._build(config)
+
+    def _build(self, config: ModelConfig) -> None:
         self.config = config
         hidden = normalize_irreps(config.hidden_irreps)
         self.irreps_sh = o3.Irreps.spherical_harmonics(config.lmax)
@@ -63,7 +69,7 @@ class Encoder(nn.Module):
         irreps = self.irreps_embed
         for layer in range(config.n_layers):
             block = InteractionBlock(
-                irreps, hidden, self.irreps_sh, config.n_basis, config.radial_hidden,
+                irreps, reachable_irreps(irreps, self.irreps_sh, hidden), self.irreps_sh, config.n_basis, config.radial_hidden,
                 config.avg_num_neighbors,
             )
             check_irreps(irreps, block.irreps_in, f"interaction block {layer} input")

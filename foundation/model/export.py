@@ -103,14 +103,14 @@ def _read_config(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def _build(meta: dict[str, Any], path: Path) -> FoundationModel:
+def _build(meta: dict[str, Any], path: Path, dtype: torch.dtype | None) -> FoundationModel:
     try:
         config = from_dict(ModelConfig, meta["model_config"], "model_config")
         tasks = [from_dict(TaskSpec, t, f"tasks[{i}]") for i, t in enumerate(meta["tasks"])]
     except (ConfigError, TypeError) as exc:
         raise ExportError(f"{path}: {exc}") from exc
     try:
-        return FoundationModel(config, tasks)
+        return FoundationModel(config, tasks, dtype=dtype)
     except ValueError as exc:
         raise ExportError(f"{path}: the stored model cannot be built: {exc}") from exc
 
@@ -148,11 +148,9 @@ def load_export(directory: str | Path, map_location: str | torch.device = "cpu")
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise ExportError(f"{weights}: unreadable safetensors file ({exc})") from exc
-    model = _build(meta, directory / CONFIG)
-    _check_state(model, state, weights)
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    if len(dtypes) == 1:
-        model = model.to(dtype=dtypes.pop())
+    model = _build(meta, directory / CONFIG, dtypes.pop() if len(dtypes) == 1 else None)
+    _check_state(model, state, weights)
     model.load_state_dict(state, strict=True)
     normalization, element_refs = _head_metadata(model)
     stored = {k: [list(map(float, m)), list(map(float, s))] for k, (m, s) in meta["normalization"].items()}

@@ -40,6 +40,7 @@ class FoundationModel(nn.Module):
             (`TaskSpec.is_energy`) of the list.
         normalization: {task: (mean, std)} per-atom contribution statistics (see heads.py).
         element_refs: {task: {Z: reference}} per-element reference values of energy tasks.
+        dtype: parameter dtype to build in (torch's default if None; float64 for exact tests).
     """
 
     def __init__(
@@ -48,10 +49,12 @@ class FoundationModel(nn.Module):
         tasks: list[TaskSpec],
         normalization: Mapping[str, tuple] | None = None,
         element_refs: Mapping[str, Mapping[int, float]] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
+        self.encoder = Encoder(config, dtype)
         self.heads = nn.ModuleDict()
         self.tasks: dict[str, TaskSpec] = {}
         normalization = dict(normalization or {})

@@ -20,7 +20,7 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
-__all__ = ["InteractionBlock", "gate_for", "check_irreps", "normalize_irreps"]
+__all__ = ["InteractionBlock", "gate_for", "check_irreps", "normalize_irreps", "reachable_irreps"]
 
 
 def normalize_irreps(irreps) -> o3.Irreps:
@@ -32,6 +32,14 @@ def check_irreps(expected, got, where: str) -> None:
     """Raise ValueError naming `where` when two irreps differ (chaining blocks top to bottom)."""
     if o3.Irreps(expected) != o3.Irreps(got):
         raise ValueError(f"{where}: irreps mismatch, expected {o3.Irreps(expected)}, got {o3.Irreps(got)}")
+
+
+def reachable_irreps(irreps_in, irreps_sh, wanted) -> o3.Irreps:
+    """The channels of `wanted` that one tensor product with the edge harmonics can produce
+    (the first block, fed only scalars, cannot make 1e or 0o from 0e ⊗ Y)."""
+    made = {ir_out for _, ir_in in o3.Irreps(irreps_in) for _, ir_sh in o3.Irreps(irreps_sh)
+            for ir_out in ir_in * ir_sh}
+    return normalize_irreps(o3.Irreps([(mul, ir) for mul, ir in o3.Irreps(wanted) if ir in made]))
 
 
 def gate_for(irreps_out: o3.Irreps) -> enn.Gate:

@@ -23,7 +23,7 @@ class BesselBasis(nn.Module):
     """Orthonormal radial Bessel functions on [0, r_c].
 
     forward(r [n_edges] Å) -> [n_edges, n_basis]. The frequencies start at n π / r_c and may be
-    trained (`trainable=True`), as in DimeNet; they are a buffer otherwise.
+    trained (`trainable=True`), as in DimeNet; fixed ones are not stored.
     """
 
     def __init__(self, cutoff: float, n_basis: int = 8, trainable: bool = False):
@@ -32,16 +32,23 @@ class BesselBasis(nn.Module):
             raise ValueError(f"BesselBasis needs cutoff > 0 and n_basis >= 1, got {cutoff}, {n_basis}")
         self.cutoff = float(cutoff)
         self.n_basis = int(n_basis)
-        freq = torch.arange(1, n_basis + 1, dtype=torch.get_default_dtype()) * math.pi / cutoff
+        self.trainable = bool(trainable)
         if trainable:
+            freq = torch.arange(1, n_basis + 1, dtype=torch.get_default_dtype()) * math.pi / cutoff
             self.freq = nn.Parameter(freq)  # [n_basis] 1/Å
-        else:
-            self.register_buffer("freq", freq)  # [n_basis] 1/Å
         self.prefactor = math.sqrt(2.0 / cutoff)
 
+    def frequencies(self, like: torch.Tensor) -> torch.Tensor:
+        """[n_basis] 1/Å. Fixed ones are made in the input's dtype, exact in float64."""
+        if self.trainable:
+            return self.freq
+        n = torch.arange(1, self.n_basis + 1, dtype=like.dtype, device=like.device)
+        return n * (math.pi / self.cutoff)
+
     def forward(self, r: torch.Tensor) -> torch.Tensor:
+        freq = self.frequencies(r)  # [n_basis] 1/Å
         r = r.unsqueeze(-1)  # [n_edges, 1] Å
-        return self.prefactor * torch.sin(self.freq * r) / r  # [n_edges, n_basis]
+        return self.prefactor * torch.sin(freq * r) / r  # [n_edges, n_basis]
 
 
 class PolynomialCutoff(nn.Module):
