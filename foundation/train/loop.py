@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -105,8 +106,8 @@ class Trainer:
     # -- one micro-step -------------------------------------------------------------------
     def _micro_step(self) -> tuple[bool, float]:
         """Forward/backward one batch. Returns (an optimiser step happened, global mean loss)."""
+        t0 = time.perf_counter()  # throughput includes loading: a starved step is a slow step
         batch = self.prepare(next(self.stream))
-        t0 = time.perf_counter()
         loss, logs, _ = self.engine(batch)
         finite = bool(torch.isfinite(loss.detach()).all())
         local = torch.tensor([0.0 if finite else 1.0, float(loss.detach()) if finite else 0.0,
@@ -233,6 +234,10 @@ class Trainer:
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
+        """Collective (peak memory is reduced over ranks). Rank 0 writes summary.json and the table."""
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+        cuda = torch.cuda.max_memory_allocated() / 2**20 if self.info.device.type == "cuda" else 0.0
+        peak = all_reduce(torch.tensor([rss, cuda], dtype=torch.float64), self.info, op="max").cpu()
         out = {
             "steps": self.state.step,
             "micro_batches": self.state.micro,
@@ -242,6 +247,8 @@ class Trainer:
             "train_seconds": self.state.train_s,
             "atoms_per_s": self.state.atoms / max(self.state.train_s, 1e-9),
             "world_size": self.info.world_size,
+            "peak_rss_mib_per_rank": float(peak[0]),
+            "peak_cuda_mib_per_rank": float(peak[1]),
             "validation": self.last_metrics,
         }
         if self.info.is_main:

@@ -22,7 +22,8 @@ __all__ = ["MetricAccumulator", "evaluate", "summary_table"]
 
 class MetricAccumulator:
     """Sums |error|, error² and counts per (dataset, task) for regression; keeps (score, label)
-    pairs for classification. `tasks` need `.name`, `.target`, `.kind`, `.unit`."""
+    pairs for classification. `tasks` need `.name`, `.target`, `.kind`, `.unit` (`.datasets` and
+    `.level` are honoured when present: a task restricted to other datasets is not scored)."""
 
     def __init__(self, datasets: list[str], tasks: list[Any]):
         self.datasets = list(datasets)
@@ -39,7 +40,11 @@ class MetricAccumulator:
         for t, task in enumerate(self.tasks):
             if task.name not in preds or task.target not in batch.targets:
                 continue
+            if getattr(task, "datasets", ()) and dataset not in task.datasets:
+                continue  # this dataset's labels under that key belong to another task
             mask = batch.masks[task.target]  # [n_graphs] or [n_atoms] bool
+            if getattr(task, "level", "structure") == "atom" and batch.fixed is not None:
+                mask = mask & ~batch.fixed  # atoms held fixed in the DFT run carry no force label
             if not bool(mask.any()):
                 continue
             pred = preds[task.name].detach()[mask].to(torch.float64).cpu()
