@@ -69,7 +69,8 @@ class Encoder(nn.Module):
         irreps = self.irreps_embed
         for layer in range(config.n_layers):
             block = InteractionBlock(
-                irreps, reachable_irreps(irreps, self.irreps_sh, hidden), self.irreps_sh, config.n_basis, config.radial_hidden,
+                irreps, reachable_irreps(irreps, self.irreps_sh, hidden), self.irreps_sh,
+                config.n_basis, config.radial_hidden,
                 config.avg_num_neighbors,
             )
             check_irreps(irreps, block.irreps_in, f"interaction block {layer} input")

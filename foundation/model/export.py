@@ -73,7 +73,8 @@ def save_export(model: FoundationModel, directory: str | Path, extra: dict[str, 
         "extra": dict(extra or {}),
     }
     text = json.dumps(meta, indent=2, sort_keys=False)  # fails early on non-JSON extra metadata
-    save_file(state, str(directory / WEIGHTS), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    tags = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+    save_file(state, str(directory / WEIGHTS), metadata=tags)
     (directory / CONFIG).write_text(text + "\n")
     return directory
 

@@ -67,7 +67,9 @@ class TaskSpec:
         """A scalar energy of the cell (eV, extensive) or per atom (eV/atom, intensive): the
         tasks that receive the Ewald energy and can be differentiated into forces."""
         scalar = self.level == "structure" and self.kind == "regression" and self.dim == 1
-        return scalar and ((self.unit == "eV" and self.extensive) or (self.unit == "eV/atom" and not self.extensive))
+        per_cell = self.unit == "eV" and self.extensive
+        per_atom = self.unit == "eV/atom" and not self.extensive
+        return scalar and (per_cell or per_atom)
 
     def uses(self, dataset: str) -> bool:
         """Whether records of `dataset` may carry this task's label."""

@@ -4,9 +4,9 @@
     u(x)   = 1 − (p+1)(p+2)/2 · x^p + p(p+2) · x^(p+1) − p(p+1)/2 · x^(p+2),   x = r / r_c < 1
     u(x)   = 0 for x ≥ 1
 
-u(1) = u'(1) = u''(1) = 0, so energies and forces stay continuous when a neighbour crosses the cutoff (an atom entering or leaving the
-sphere changes nothing); that is what makes the model independent of which periodic images
-the neighbour list happens to include.
+u(1) = u'(1) = u''(1) = 0, so energies and forces stay continuous when a neighbour crosses
+the cutoff (an atom entering or leaving the sphere changes nothing); that is what makes the
+model independent of which periodic images the neighbour list happens to include.
 """
 
 from __future__ import annotations

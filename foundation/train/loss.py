@@ -86,7 +86,9 @@ class MultiTaskLoss(nn.Module):
             return torch.exp(-self.log_vars.detach())
         return torch.tensor([t.weight for t in self.tasks])
 
-    def forward(self, predictions: dict[str, torch.Tensor], batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, predictions: dict[str, torch.Tensor], batch: Batch
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         missing = [t.name for t in self.tasks if t.name not in predictions]
         if missing:
             raise KeyError(f"predictions lack task(s) {missing}; have {sorted(predictions)}")
@@ -143,7 +145,9 @@ class MultiTaskLoss(nn.Module):
                 raise ValueError(f"task {spec.name!r}: unknown loss {spec.loss!r}")
         return out.mean(-1)
 
-    def _task_loss(self, spec: TaskSpec, pred: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _task_loss(
+        self, spec: TaskSpec, pred: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_t scalar, labelled structures as a 0-d int tensor); L_t = 0 without labels."""
         device = pred.device
         if spec.target not in batch.targets:
