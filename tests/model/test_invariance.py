@@ -69,7 +69,7 @@ def test_outputs_are_not_trivial(model):
     assert str(model.encoder.irreps_out) == "8x0e+4x1o+2x1e+2x2e"  # 0o is out of reach in 2 layers
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(index=st.integers(0, len(ALL) - 1), seed=st.integers(0, 2**32 - 1), improper=st.booleans())
 def test_rotation_invariance_and_force_equivariance(model, index, seed, improper):
     c = ALL[index]
@@ -80,7 +80,7 @@ def test_rotation_invariance_and_force_equivariance(model, index, seed, improper
     torch.testing.assert_close(p["forces"] @ torch.as_tensor(rot).T, q["forces"], **TOL)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(index=st.integers(0, len(ALL) - 1), seed=st.integers(0, 2**32 - 1))
 def test_translation_and_permutation(model, index, seed):
     c = ALL[index]
@@ -93,7 +93,7 @@ def test_translation_and_permutation(model, index, seed):
     torch.testing.assert_close(p["forces"][perm], q["forces"], **TOL)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(index=st.integers(0, len(ALL) - 1), seed=st.integers(0, 2**32 - 1))
 def test_choice_of_periodic_image(model, index, seed):
     c = ALL[index]
@@ -116,7 +116,7 @@ def unimodular(seed: int) -> np.ndarray:
     return m
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(index=st.integers(0, len(BULK) - 1), seed=st.integers(0, 2**32 - 1))
 def test_change_of_lattice_basis(model, index, seed):
     c = BULK[index]
