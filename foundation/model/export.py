@@ -154,7 +154,10 @@ def load_export(directory: str | Path, map_location: str | torch.device = "cpu")
     _check_state(model, state, weights)
     model.load_state_dict(state, strict=True)
     normalization, element_refs = _head_metadata(model)
-    stored = {k: [list(map(float, m)), list(map(float, s))] for k, (m, s) in meta["normalization"].items()}
+    try:
+        stored = {k: [list(map(float, m)), list(map(float, s))] for k, (m, s) in meta["normalization"].items()}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ExportError(f"{directory / CONFIG}: malformed normalization ({exc})") from exc
     if stored != normalization or meta["element_refs"] != element_refs:
         raise ExportError(f"{directory}: normalisation / element references in {CONFIG} disagree with "
                           f"the tensors in {WEIGHTS}")

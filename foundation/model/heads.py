@@ -10,7 +10,9 @@ per-atom statistics: of (y − Σ ref) / n_atoms for an extensive label, of y �
 intensive one (the shard manifest provides them). An energy task (`TaskSpec.is_energy`) also gets
 the encoder's Ewald energy (per cell, or divided by n_atoms for eV/atom). Classification heads
 return logits, averaged over atoms. Force tasks have no head: `forces_from_energy`.
-All normalisation and references are buffers, saved with the model.
+All normalisation and references are buffers, saved with the model. They stay float32 or
+wider when the model is cast to bf16/fp16, and a head pools in float32 there: a cell's energy of
+hundreds of eV would otherwise be resolved to whole eV (bf16 keeps 8 significant bits).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from ..data.graph import Batch
 from .tasks import TaskSpec
 
 __all__ = ["TaskHead", "forces_from_energy"]
+
+
+_EXACT_BUFFERS = ("mean", "std", "element_ref")
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 class TaskHead(nn.Module):
@@ -42,6 +48,15 @@ class TaskHead(nn.Module):
         self.register_buffer("mean", torch.zeros(spec.dim))  # [dim] per-atom contribution offset
         self.register_buffer("std", torch.ones(spec.dim))  # [dim] per-atom contribution scale
         self.register_buffer("element_ref", torch.zeros(n_species))  # [n_species] task unit
+
+    def _apply(self, fn, recurse=True):
+        exact = {name: self._buffers[name] for name in _EXACT_BUFFERS}
+        super()._apply(fn, recurse)
+        for name, before in exact.items():
+            after = self._buffers[name]
+            if after.dtype in _LOW_PRECISION:  # keep the values, follow the device
+                self._buffers[name] = before.to(device=after.device, dtype=torch.float32)
+        return self
 
     def set_normalization(self, mean, std) -> None:
         """Set μ and σ (scalars or length-dim sequences, task unit); σ must be > 0."""
@@ -73,16 +88,19 @@ class TaskHead(nn.Module):
         spec = self.spec
         h = encoded["node_invariants"]  # [n_atoms, F]
         out = self.mlp(h)  # [n_atoms, dim] normalised
+        if out.dtype in _LOW_PRECISION:
+            out = out.float()
         if spec.kind == "regression":
             out = out * self.std + self.mean  # [n_atoms, dim] task unit
             if spec.dim == 1 and spec.level == "structure":
-                out = out + self.element_ref.index_select(0, batch.numbers).unsqueeze(-1).to(out.dtype)
+                ref = self.element_ref.index_select(0, batch.numbers).unsqueeze(-1)  # [n_atoms, 1]
+                out = out + ref.to(out.dtype)
         if spec.level == "structure":
             total = out.new_zeros(batch.n_graphs, spec.dim).index_add_(0, batch.batch, out)
             n_atoms = batch.n_atoms.to(out.dtype).clamp(min=1).unsqueeze(-1)  # [n_graphs, 1]
             out = total if spec.extensive else total / n_atoms  # [n_graphs, dim]
             if spec.is_energy and "ewald_energy" in encoded:
-                ewald = encoded["ewald_energy"].unsqueeze(-1)  # [n_graphs, 1] eV
+                ewald = encoded["ewald_energy"].unsqueeze(-1).to(out.dtype)  # [n_graphs, 1] eV
                 out = out + (ewald if spec.extensive else ewald / n_atoms)
         return out.squeeze(-1) if spec.dim == 1 else out
 

@@ -174,3 +174,20 @@ def test_tiny_forward_backward_of_32_structures_is_fast():
     (p["energy"].sum() + p["forces"].square().sum() + p["band_gap"].sum()).backward()
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0, f"tiny forward+backward took {elapsed:.2f} s"
+
+
+def test_bf16_model_keeps_exact_references_and_pools_in_float32(batch):
+    torch.manual_seed(2)
+    refs = {"energy": {z: -1000.0 - z for z in range(119)}}
+    model = FoundationModel(CONFIG, tasks()[:2], element_refs=refs)
+    low = FoundationModel(CONFIG, tasks()[:2], element_refs=refs)
+    low.load_state_dict(model.state_dict())
+    low = low.to(torch.bfloat16)
+    head = low.heads["energy"]
+    assert head.mlp[0].weight.dtype == torch.bfloat16
+    assert head.element_ref.dtype == head.std.dtype == torch.float32 and head.element_ref[8] == -1008.0
+    exact = model(batch.to(dtype=torch.float32))["energy"]
+    p = low(batch.to(dtype=torch.bfloat16))
+    assert p["energy"].dtype == torch.float32 and p["forces"].shape == (batch.positions.shape[0], 3)
+    # bf16 alone would resolve ~-5000 eV only to 32 eV; the learned part stays bf16-accurate.
+    assert (p["energy"] - exact).abs().max() < 0.5
