@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from ase.stress import voigt_6_to_full_3x3_stress
 
 __all__ = ["LabelConvention", "STRESS_UNITS_IN_GPA", "atoms_labels", "stress_to_gpa"]
 
@@ -36,11 +35,14 @@ class LabelConvention:
     stress_unit: a key of `STRESS_UNITS_IN_GPA`.
     stress_sign: "tensile" (ASE: positive = tensile) or "compressive" (VASP/pressure-like:
         positive = compressive; negated on reading).
+    voigt_order: what the 6 entries of a Voigt stress mean; ASE's is "xx yy zz yz xz xy",
+        VASP's OUTCAR order is "xx yy zz xy yz xz".
     """
 
     energy: str = "total"
     stress_unit: str = "eV/A^3"
     stress_sign: str = "tensile"
+    voigt_order: str = "xx yy zz yz xz xy"
 
     def __post_init__(self) -> None:
         if self.energy not in ("total", "per_atom"):
@@ -53,13 +55,27 @@ class LabelConvention:
             raise ValueError(
                 f"stress_sign must be 'tensile' or 'compressive', got {self.stress_sign!r}"
             )
+        pairs = self.voigt_order.split()
+        if sorted(pairs) != sorted(["xx", "yy", "zz", "yz", "xz", "xy"]):
+            raise ValueError(
+                f"voigt_order must name xx yy zz yz xz xy once each, got {self.voigt_order!r}"
+            )
+
+
+def _voigt_to_full(voigt: np.ndarray, order: str) -> np.ndarray:
+    """`[6]` Voigt in the given component order -> symmetric `[3, 3]`."""
+    axis = {"x": 0, "y": 1, "z": 2}
+    full = np.zeros((3, 3))
+    for value, (a, b) in zip(voigt, order.split()):
+        full[axis[a], axis[b]] = full[axis[b], axis[a]] = value
+    return full
 
 
 def stress_to_gpa(value, convention: LabelConvention) -> np.ndarray:
     """Native stress (Voigt `[6]`, `[9]` or `[3, 3]`) -> `[3, 3]` GPa, ASE sign (tensile > 0)."""
     array = np.asarray(value, dtype=np.float64).reshape(-1)
     if array.size == 6:
-        full = voigt_6_to_full_3x3_stress(array)
+        full = _voigt_to_full(array, convention.voigt_order)
     elif array.size == 9:
         full = array.reshape(3, 3)
     else:

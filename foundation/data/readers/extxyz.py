@@ -17,7 +17,13 @@ Units (measured on the sample files, `../shared/data`):
   over 302 pairs of frames related by a small homogeneous strain (|ε| ≤ 1.5%, same fractional
   coordinates), n_atoms·Δe / (V σ:Δε) has median -5.5e-4 (eV per kbar·Å^3 is 6.24e-4, with a
   negative sign: compressive convention; GPa would be 6.24e-3, eV/Å^3 would be 1).
-  Its defaults are therefore `energy="per_atom", stress_unit="kbar", stress_sign="compressive"`.
+  Its shear entries are misplaced: the file is mlearn's Cu set, whose 6-vectors are ordered
+  (xx, yy, zz, xy, xz, yz), written into the 3x3 as if ordered like ASE's Voigt (xx, yy, zz, yz,
+  xz, xy), so xy and yz are swapped (lower triangle only). Evidence: in the 58 frames whose cell
+  is sheared in one plane only, the largest shear stress sits in the "xy" slot for all 22 yz
+  shears, "yz" for all 17 xy shears, "xz" for all 19 xz shears.
+  Its defaults are therefore `energy="per_atom", stress_unit="kbar", stress_sign="compressive",
+  voigt_order="xx yy zz xy xz yz"` (applied to ASE's Voigt reading of the file's 3x3).
 - Anything else: ASE's conventions (total energy eV, stress eV/Å^3, positive = tensile).
 Output: `energy` eV (total), `forces` `[n_atoms, 3]` eV/Å, `stress` `[3, 3]` GPa, ASE sign.
 """
@@ -38,7 +44,10 @@ __all__ = ["read_extxyz", "SOURCE_CONVENTIONS"]
 
 # Per-source label conventions measured on the sample data (see the module docstring).
 SOURCE_CONVENTIONS = {
-    "colabfit": LabelConvention(energy="per_atom", stress_unit="kbar", stress_sign="compressive"),
+    "colabfit": LabelConvention(
+        energy="per_atom", stress_unit="kbar", stress_sign="compressive",
+        voigt_order="xx yy zz xy xz yz",
+    ),
 }
 _ID_KEYS = ("id", "config_id", "structure_id", "name")
 
@@ -101,7 +110,8 @@ def read_extxyz(path, source: str | None = None, **options) -> Iterator[Crystal 
         path: the `.extxyz`/`.xyz` file.
         source: dataset name; default the parent folder's name ("lips", "colabfit", "oc20_format").
         options: `energy` ("total"|"per_atom"), `stress_unit` ("eV/A^3"|"GPa"|"kbar"|"bar"),
-            `stress_sign` ("tensile"|"compressive") override the source's convention.
+            `stress_sign` ("tensile"|"compressive"), `voigt_order` (e.g. "xx yy zz yz xz xy")
+            override the source's convention (`SOURCE_CONVENTIONS`, else ASE's).
     Ids: the frame's `id`/`config_id`/`structure_id`/`name` info key if present, else
     `<file stem>:<frame index>`.
     """
@@ -110,13 +120,14 @@ def read_extxyz(path, source: str | None = None, **options) -> Iterator[Crystal 
     path = Path(path)
     source = source or path.parent.name
     base = SOURCE_CONVENTIONS.get(source, LabelConvention())
-    unknown = set(options) - {"energy", "stress_unit", "stress_sign"}
+    unknown = set(options) - {"energy", "stress_unit", "stress_sign", "voigt_order"}
     if unknown:
         raise ValueError(f"read_extxyz: unknown options {sorted(unknown)}")
     convention = LabelConvention(
         energy=options.get("energy", base.energy),
         stress_unit=options.get("stress_unit", base.stress_unit),
         stress_sign=options.get("stress_sign", base.stress_sign),
+        voigt_order=options.get("voigt_order", base.voigt_order),
     )
     with open(path, encoding="utf-8", errors="replace") as handle:
         for index, text, reason in _frames(handle):
