@@ -7,7 +7,9 @@ file, so no restricted unpickler is needed here. `.db` (SQLite) and `.json` data
 `ase.db.connect`, which is also pickle-free.
 
 Per frame: `energy` (eV), `forces` (eV/Å) and `stress` (ASE: eV/Å^3, tensile positive -> GPa)
-from the attached calculator (`ase_labels.atoms_labels`); `tags` (OC20: 0 subsurface, 1 surface,
+from the attached calculator (`ase_labels.atoms_labels`). Forces are the raw stored values, as
+OC20's LMDBs hold them: fixed atoms keep their DFT forces (`atoms.get_forces()` would zero them
+through the `FixAtoms` constraint; mask with `arrays["fixed"]` when training). `tags` (OC20: 0 subsurface, 1 surface,
 2 adsorbate) and `FixAtoms` -> `arrays["tags"]`, `arrays["fixed"]` (done by `Crystal.from_ase`).
 For database rows, numeric `key_value_pairs` become targets too (renamed by `KEY_ALIASES` where the
 canonical name is known, e.g. `gap` -> `band_gap`; kept as-is otherwise). Note: the 25 OC20
