@@ -38,7 +38,7 @@ def colabfit() -> list[Crystal]:
 
 
 def _strain_ratios(crystals: list[Crystal], max_strain: float = 0.015) -> np.ndarray:
-    """ΔE / (V σ:Δε) over pairs related by a small homogeneous strain (1 if stress is ASE eV/Å^3)."""
+    """ΔE / (V σ:Δε) over pairs related by a small homogeneous strain (1 if stress is right)."""
     ratios = []
     for i, a in enumerate(crystals):
         frac_a = a.positions @ np.linalg.inv(a.cell)
@@ -101,7 +101,7 @@ def test_oc20_extxyz_tags_fixed_and_forces():
 def test_colabfit_stress_in_gpa_ase_sign(colabfit):
     first = colabfit[0]
     assert first.targets["energy"] == pytest.approx(-3.8737295625 * 8)  # per-atom in the file
-    # file: stress="-17.74 ... -20.85 ... -11.29" kbar, compressive positive -> GPa, tensile positive
+    # file: stress="-17.74 ... -20.85 ... -11.29" kbar, compressive > 0 -> GPa, tensile > 0
     np.testing.assert_allclose(np.diag(first.targets["stress"]), [1.774019, 2.084896, 1.128584],
                                rtol=1e-6)
     ratios = _strain_ratios(colabfit)

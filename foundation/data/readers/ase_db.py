@@ -3,18 +3,20 @@ its DFT relaxations).
 
 An ASE `.traj` file is ASE's own "ulm" binary format (a header, then per-frame numpy arrays and
 JSON-encoded dicts, read with `ase.io.ulm`), **not a pickle**: reading one never runs code from the
-file, so no restricted unpickler is needed here. `.db` (SQLite) and `.json` databases are read with
+file (constraints are rebuilt only from `ase.constraints`' own classes), so no restricted
+unpickler is needed here. `.db` (SQLite) and `.json` databases are read with
 `ase.db.connect`, which is also pickle-free.
 
 Per frame: `energy` (eV), `forces` (eV/Å) and `stress` (ASE: eV/Å^3, tensile positive -> GPa)
 from the attached calculator (`ase_labels.atoms_labels`). Forces are the raw stored values, as
 OC20's LMDBs hold them: fixed atoms keep their DFT forces (`atoms.get_forces()` would zero them
-through the `FixAtoms` constraint; mask with `arrays["fixed"]` when training). `tags` (OC20: 0 subsurface, 1 surface,
-2 adsorbate) and `FixAtoms` -> `arrays["tags"]`, `arrays["fixed"]` (done by `Crystal.from_ase`).
+through the `FixAtoms` constraint; mask with `arrays["fixed"]` when training). `tags` (OC20:
+0 subsurface, 1 surface, 2 adsorbate) and `FixAtoms` -> `arrays["tags"]`, `arrays["fixed"]`
+(done by `Crystal.from_ase`).
 For database rows, numeric `key_value_pairs` become targets too (renamed by `KEY_ALIASES` where the
 canonical name is known, e.g. `gap` -> `band_gap`; kept as-is otherwise). Note: the 25 OC20
 trajectories in `../shared/data/oc20/trajectories` carry all-zero tags (so no `tags` array), but a
-`FixAtoms` constraint on the subsurface atoms in every frame.
+`FixAtoms` constraint (16-129 atoms of the slab) in every frame.
 
 Relaxation frames are highly correlated: `frames="first_last"` (or "first", "last") and `every=k`
 (every k-th frame, the last one always kept) thin them. Ids are `<file stem>:<frame index in the
@@ -111,8 +113,8 @@ def _read_db(path: Path, source: str, frames: str, every: int) -> Iterator:
         database = ase.db.connect(str(path))
         rows = list(database.select())  # row objects are light: arrays decode on access
     except Exception as error:
-        yield Reject(path.stem, source, f"cannot open ASE database: {type(error).__name__}: {error}",
-                     str(path))
+        reason = f"cannot open ASE database: {type(error).__name__}: {error}"
+        yield Reject(path.stem, source, reason, str(path))
         return
     for index in select_frames(len(rows), frames, every):
         row = rows[index]

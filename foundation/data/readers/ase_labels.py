@@ -1,4 +1,4 @@
-"""Labels of an ASE `Atoms` (calculator results, `info`, `arrays`) mapped to canonical names and units.
+"""Labels of an ASE `Atoms` (calculator results, `info`, `arrays`) in canonical names and units.
 
 Shared by the extended-XYZ and ASE database/trajectory readers. ASE keeps labels in three places:
 a `SinglePointCalculator` (what `ase.io` makes of `energy=`, `forces`, `stress=`), `atoms.info`
@@ -49,7 +49,8 @@ class LabelConvention:
             raise ValueError(f"energy must be 'total' or 'per_atom', got {self.energy!r}")
         if self.stress_unit not in STRESS_UNITS_IN_GPA:
             raise ValueError(
-                f"stress_unit must be one of {sorted(STRESS_UNITS_IN_GPA)}, got {self.stress_unit!r}"
+                f"stress_unit must be one of {sorted(STRESS_UNITS_IN_GPA)}, "
+                f"got {self.stress_unit!r}"
             )
         if self.stress_sign not in ("tensile", "compressive"):
             raise ValueError(

@@ -5,7 +5,8 @@ parser (`ase.io.read(..., format="extxyz")`), so one malformed frame becomes a `
 next frame is still read; only an unreadable atom-count line ends the file (with a `Reject` for
 the rest). Labels are taken from the calculator ASE builds, `atoms.info` or `atoms.arrays`
 (`ase_labels.atoms_labels`). The OC20 S2EF layout's `tags` and `move_mask` (ASE turns
-`move_mask` into a `FixAtoms` constraint) become `arrays["tags"]` and `arrays["fixed"] = ~move_mask`.
+`move_mask` into a `FixAtoms` constraint) become `arrays["tags"]` and
+`arrays["fixed"] = ~move_mask`.
 
 Units (measured on the sample files, `../shared/data`):
 - `lips/frames.extxyz`: total energy in eV, forces in eV/Å (ΔE between the two close frames
@@ -73,7 +74,8 @@ def _frames(handle) -> Iterator[tuple[int, str | None, str]]:
                 break
             lines.append(more)
         if len(lines) != n_atoms + 2:
-            yield index, None, f"file ends inside the frame ({len(lines) - 2} of {n_atoms} atom lines)"
+            got = len(lines) - 2
+            yield index, None, f"file ends inside the frame ({got} of {n_atoms} atom lines)"
             return
         yield index, "".join(lines), ""
         index += 1

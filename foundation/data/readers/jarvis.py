@@ -54,7 +54,7 @@ def _open_json(path: Path):
 
 
 def jarvis_atoms_to_crystal(atoms: dict, targets: dict, id: str, source: str) -> Crystal:
-    """A JARVIS `Atoms` dict (`lattice_mat` Å rows, `coords`, `elements`, `cartesian`) -> Crystal."""
+    """JARVIS `Atoms` dict (`lattice_mat` Å rows, `coords`, `elements`, `cartesian`) -> Crystal."""
     cell = np.asarray(atoms["lattice_mat"], dtype=np.float64).reshape(3, 3)  # [3, 3] Å rows
     coords = np.asarray(atoms["coords"], dtype=np.float64).reshape(-1, 3)
     positions = coords if atoms.get("cartesian", False) else coords @ cell  # [n_atoms, 3] Å

@@ -2,8 +2,9 @@
 
 A pickle can call any importable function; these records come from the internet, so they are read
 by `RestrictedUnpickler`, whose `find_class` resolves only the globals that layout uses and raises
-`pickle.UnpicklingError` naming anything else (e.g. `os.system`, `builtins.eval`). Globals found in
-the real OC22 records (`pickletools.genops` over `../shared/data/oc22/*.pkl`):
+`RefusedGlobal` (a `pickle.UnpicklingError`) naming anything else (e.g. `posix.system`,
+`builtins.eval`). Globals found in the real OC22 records (`pickletools.genops` over
+`../shared/data/oc22/*.pkl`):
 
     torch_geometric.data.data.Data / DataEdgeAttr / DataTensorAttr, torch_geometric.data.storage
     .GlobalStorage, torch._utils._rebuild_tensor_v2, torch.storage._load_from_bytes,
@@ -26,10 +27,18 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import warnings
 from collections import OrderedDict
 
-__all__ = ["RestrictedUnpickler", "safe_loads", "PygStandIn", "data_attributes", "ALLOWED_GLOBALS"]
+__all__ = [
+    "RestrictedUnpickler", "RefusedGlobal", "safe_loads", "PygStandIn", "data_attributes",
+    "ALLOWED_GLOBALS",
+]
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle named a global outside the allow-list: the data is hostile or not this layout."""
 
 
 class PygStandIn:
@@ -55,12 +64,23 @@ class DataTensorAttr(PygStandIn):
 
 
 def _storage_from_bytes(data: bytes):
-    """The weights-only replacement of `torch.storage._load_from_bytes` (legacy torch.save bytes)."""
+    """Weights-only replacement of `torch.storage._load_from_bytes` (legacy torch.save bytes)."""
     import torch
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # TypedStorage deprecation notice
-        return torch.load(io.BytesIO(data), weights_only=True)
+        try:
+            return torch.load(io.BytesIO(data), weights_only=True)
+        except pickle.UnpicklingError as error:
+            # torch refuses a global with "Trying to load unsupported GLOBAL posix.system ...";
+            # other UnpicklingErrors (corrupt bytes) stay ordinary errors.
+            found = re.search(r"unsupported GLOBAL (\S+)", str(error), flags=re.IGNORECASE)
+            if found is None:
+                raise
+            raise RefusedGlobal(
+                f"refused global {found.group(1)} inside a tensor storage "
+                "(torch weights-only loader)"
+            ) from None
 
 
 def _rebuild_tensor_v2(*args):
@@ -108,21 +128,19 @@ class RestrictedUnpickler(pickle.Unpickler):
             return _FUNCTIONS[key]
         if key in _NUMPY:
             return _numpy_global(name)
-        raise pickle.UnpicklingError(
-            f"refused global {module}.{name}: not in the OC20/OC22 LMDB allow-list"
-        )
+        raise RefusedGlobal(f"refused global {module}.{name}: not in the OC20/OC22 LMDB allow-list")
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError(f"refused persistent id {pid!r}")
+        raise RefusedGlobal(f"refused persistent id {pid!r}")
 
 
 def safe_loads(data: bytes):
-    """Unpickle `data` through `RestrictedUnpickler` (raises `pickle.UnpicklingError` if refused)."""
+    """Unpickle `data` through `RestrictedUnpickler` (raises `RefusedGlobal` if refused)."""
     return RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 def data_attributes(obj) -> dict:
-    """The attribute dict of an unpickled `Data` stand-in (PyG >= 2 `_store._mapping` or PyG 1.x)."""
+    """Attribute dict of an unpickled `Data` stand-in (PyG >= 2 `_store._mapping` or PyG 1.x)."""
     if not isinstance(obj, Data):
         raise TypeError(f"expected a torch_geometric Data record, got {type(obj).__name__}")
     store = obj.__dict__.get("_store")
