@@ -1,190 +1,131 @@
-"""OC20/OC22 LMDB reader (and a small writer for tests), without torch_geometric and without trust.
+"""OC20/OC22 LMDB reader and writer (the S2EF/IS2RE layout of the public releases).
 
-Layout of the public releases (fairchem `LmdbDataset`): one LMDB file per split chunk, opened with
-`subdir=False` (`data.lmdb` + `data.lmdb-lock`); under the ASCII keys "0", "1", ... each value is
-`pickle.dumps(data)` of one torch_geometric `Data`, and the key "length" holds the pickled record
-count. Every value is unpickled by `safe_unpickle.RestrictedUnpickler` (an allow-list); a record
-naming any other global raises `RefusedGlobal` naming the file and key: a file carrying code is
-hostile, not merely damaged, so reading stops. A truncated or otherwise corrupt record becomes a
-`Reject` and the next record is read.
+Layout: one LMDB environment per `.lmdb` file (`subdir=False`), keys `b"0"`, `b"1"`, ... each
+holding one pickled torch_geometric `Data` record, plus a `b"length"` key (a pickled int). Every
+record is unpickled through `safe_unpickle.RestrictedUnpickler` (an allow-list, never a plain
+`pickle.load`), so neither torch_geometric nor trust in the file is needed. A record the
+allow-list refuses, or one that is truncated or malformed, becomes a `Reject` naming the key.
 
-Attributes of a record (OC22 S2EF, checked on `../shared/data/oc22/*.pkl`; OC20 S2EF/IS2RE the same):
-    pos `[n, 3]` float32 Å, cell `[1, 3, 3]` float32 Å rows, atomic_numbers `[n]` float32,
-    natoms int, tags `[n]` int64 (0 subsurface, 1 surface, 2 adsorbate), fixed `[n]` float32 0/1,
-    force `[n, 3]` eV/Å, y float eV, sid int (system id), fid int (frame id); OC22 adds `oc22` = 1,
-    `nads`, `id` ("0_0"); IS2RE adds y_init, y_relaxed, pos_relaxed.
-Mapping: positions, cell, numbers, pbc all True (the DFT cells are periodic, with vacuum along z),
-`arrays["tags"]`, `arrays["fixed"]` (bool), `targets["forces"]`, and `y`:
-- OC22 records (`oc22` = 1, or `source="oc22"`): `y` is the DFT total energy -> `energy` (eV).
-- OC20 records: the public OC20 LMDBs store *adsorption* energies in `y` (total energy minus the
-  clean slab and gas-phase references; fairchem's MODELS.md says "All OC20 models are trained on
-  adsorption energies"), which is not the canonical total `energy`; it goes to
-  `adsorption_energy` unless `y_target="energy"` is passed (for LMDBs built from total energies).
-Ids: "sid:fid" (S2EF), "sid" (IS2RE), else "<file stem>:<key>". Source: `source`, else "oc22" for
-records flagged `oc22`, else "oc20".
+Record fields -> `Crystal`: `pos` `[n_atoms, 3]` Å, `cell` `[1, 3, 3]` Å rows (pbc all True),
+`atomic_numbers`, `tags` (0 subsurface, 1 surface, 2 adsorbate) and `fixed` (1 = fixed) ->
+`arrays`, `y` -> `energy` (eV, total; OC22 `y` is the total DFT energy, OC20 S2EF `y` is the
+adsorption-referenced energy as released), `force` -> `forces` (eV/Å), id `"<sid>:<fid>"`
+(or `sid`, or the key, when `fid` is absent).
+
+Writing (`write_oc20_lmdb`) stores given record bytes under `b"0"`... and `b"length"`, as the
+releases do. `dumps_record` re-pickles a safely loaded record as the releases store it: the stand-in
+classes are written under their torch_geometric class paths (`torch_geometric.data.data.Data`, ...)
+by a pickler whose `save_global` names `PygStandIn.native`, and tensors pickle as torch pickles
+them (`_rebuild_tensor_v2` + `_load_from_bytes`), so the bytes hold the same globals as the
+originals and any PyG-based loader can read them.
 """
 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from foundation.data.crystal import Crystal
-from foundation.data.readers.safe_unpickle import (
-    Data,
-    DataEdgeAttr,
-    DataTensorAttr,
-    GlobalStorage,
-    PygStandIn,
-    RefusedGlobal,
-    data_attributes,
-    safe_loads,
-)
+from foundation.data.readers.safe_unpickle import PygStandIn, data_attributes, safe_loads
 from foundation.data.records import Reject
 
-__all__ = ["read_oc20_lmdb", "write_oc20_lmdb", "record_to_crystal", "dumps_record",
-           "make_record"]
-
-_LENGTH_KEY = b"length"
+__all__ = ["read_oc20_lmdb", "write_oc20_lmdb", "dumps_record", "oc22_pkl_to_lmdb",
+           "record_to_crystal"]
 
 
 def _array(value, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu().numpy()
     if value is None:
-        raise ValueError(f"record has no {name!r}")
-    return np.asarray(value)  # torch CPU tensors and numpy arrays alike
+        raise ValueError(f"field {name!r} is missing")
+    return np.asarray(value)
 
 
-def _scalar(value) -> float:
-    return float(np.asarray(value, dtype=np.float64).reshape(()))
+def _scalar(value, name: str):
+    array = _array(value, name).reshape(-1)
+    if array.size != 1:
+        raise ValueError(f"field {name!r} has {array.size} values, expected one")
+    return array[0].item()
 
 
-def _record_id(attrs: dict, fallback: str) -> str:
-    sid, fid = attrs.get("sid"), attrs.get("fid")
-    if sid is None:
-        return fallback
-    sid = str(np.asarray(sid).reshape(()).item())
-    return sid if fid is None else f"{sid}:{np.asarray(fid).reshape(()).item()}"
-
-
-def record_to_crystal(attrs: dict, id: str, source: str, y_target: str,
-                      keep: tuple[str, ...] = ()) -> Crystal:
-    """The attribute dict of one `Data` record -> `Crystal` (ValueError naming what is wrong)."""
-    positions = _array(attrs.get("pos"), "pos").astype(np.float64).reshape(-1, 3)  # [n, 3] Å
-    n_atoms = len(positions)
-    cell = _array(attrs.get("cell"), "cell").astype(np.float64)
-    if cell.size != 9:
-        raise ValueError(f"cell has shape {cell.shape}, expected (1, 3, 3)")
-    raw_numbers = _array(attrs.get("atomic_numbers"), "atomic_numbers").reshape(-1)  # float32 in OC20
-    numbers = np.rint(raw_numbers).astype(np.int64)
-    if raw_numbers.shape != (n_atoms,) or np.any(numbers != raw_numbers) or np.any(numbers < 1):
-        raise ValueError(f"atomic_numbers {raw_numbers.shape} are not {n_atoms} positive integers")
-    if attrs.get("natoms") is not None and int(_scalar(attrs["natoms"])) != n_atoms:
-        raise ValueError(f"natoms = {int(_scalar(attrs['natoms']))} but pos has {n_atoms} rows")
-    arrays: dict[str, np.ndarray] = {}
-    for name, dtype in (("tags", np.int64), ("fixed", bool)):
-        if attrs.get(name) is not None:
-            values = np.asarray(attrs[name]).reshape(-1)
-            if values.shape != (n_atoms,):
-                raise ValueError(f"{name} has {values.size} entries for {n_atoms} atoms")
-            arrays[name] = values.astype(dtype)
+def record_to_crystal(attributes: dict, key: str, source: str) -> Crystal:
+    """One record's attribute dict -> `Crystal` (ValueError naming the field on bad content)."""
+    positions = _array(attributes.get("pos"), "pos").astype(np.float64).reshape(-1, 3)
+    numbers = _array(attributes.get("atomic_numbers"), "atomic_numbers").astype(np.int64).reshape(-1)
+    cell = _array(attributes.get("cell"), "cell").astype(np.float64).reshape(3, 3)  # from [1, 3, 3]
+    n_atoms = len(numbers)
     targets: dict = {}
-    if attrs.get("y") is not None:
-        targets[y_target] = _scalar(attrs["y"])  # eV
-    if attrs.get("force") is not None:
-        forces = np.asarray(attrs["force"], dtype=np.float64)
+    if attributes.get("y") is not None:
+        energy = float(_scalar(attributes["y"], "y"))
+        if not np.isfinite(energy):
+            raise ValueError(f"y is not finite ({energy})")
+        targets["energy"] = energy  # eV
+    if attributes.get("force") is not None:
+        forces = _array(attributes["force"], "force").astype(np.float64)
         if forces.shape != (n_atoms, 3):
             raise ValueError(f"force has shape {forces.shape}, expected ({n_atoms}, 3)")
         targets["forces"] = forces  # [n_atoms, 3] eV/Å
-    for name in keep:
-        if attrs.get(name) is not None:
-            targets[name] = _scalar(attrs[name])
-    for name, value in targets.items():
-        if not np.all(np.isfinite(value)):
-            raise ValueError(f"{name} is not finite")
-    return Crystal(numbers, positions, cell.reshape(3, 3), pbc=True, targets=targets, id=id,
-                   source=source, arrays=arrays)
+    arrays = {}
+    if attributes.get("tags") is not None:
+        arrays["tags"] = _array(attributes["tags"], "tags").astype(np.int64).reshape(n_atoms)
+    if attributes.get("fixed") is not None:
+        arrays["fixed"] = _array(attributes["fixed"], "fixed").astype(bool).reshape(n_atoms)
+    sid, fid = attributes.get("sid"), attributes.get("fid")
+    if sid is not None:
+        sid = _scalar(sid, "sid")
+        key = f"{sid}:{_scalar(fid, 'fid')}" if fid is not None else str(sid)
+    return Crystal(numbers, positions, cell, pbc=True, targets=targets, id=key, source=source,
+                   arrays=arrays)
 
 
-def _ordered_keys(txn) -> tuple[list[bytes], list[bytes]]:
-    """(record keys present, in numeric order; keys that `length` promises but are absent)."""
-    keys = [key for key, _ in txn.cursor() if key != _LENGTH_KEY]
-    keys.sort(key=lambda k: (0, int(k)) if k.isdigit() else (1, k))
-    raw_length = txn.get(_LENGTH_KEY)
-    if raw_length is None:
-        return keys, []
-    length = int(safe_loads(raw_length))
-    present = set(keys)
-    missing = [str(i).encode("ascii") for i in range(length) if str(i).encode("ascii") not in present]
-    return keys, missing
-
-
-def _read_file(path: Path, source: str | None, y_target: str | None,
-               keep: tuple[str, ...]) -> Iterator[Crystal | Reject]:
-    import lmdb
-
-    fallback_source = source or "oc20"
-    try:
-        env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
-                        meminit=False, max_readers=1)
-    except lmdb.Error as error:
-        yield Reject(path.stem, fallback_source, f"cannot open LMDB: {error}", str(path))
-        return
-    with env, env.begin() as txn:
-        try:
-            keys, missing = _ordered_keys(txn)
-        except RefusedGlobal as error:
-            raise RefusedGlobal(f"{path} key 'length': {error}") from None
-        for key in missing:
-            yield Reject(f"{path.stem}:{key.decode()}", fallback_source,
-                         f"key {key.decode()} is below the stored length but absent", str(path))
-        for key in keys:
-            name = key.decode("ascii", errors="replace")
-            record_id, record_source = f"{path.stem}:{name}", fallback_source
-            try:
-                attrs = data_attributes(safe_loads(txn.get(key)))
-                record_source = source or ("oc22" if attrs.get("oc22") else "oc20")
-                target = y_target or ("energy" if record_source == "oc22" else "adsorption_energy")
-                record_id = _record_id(attrs, record_id)
-                yield record_to_crystal(attrs, record_id, record_source, target, keep)
-            except RefusedGlobal as error:
-                raise RefusedGlobal(f"{path} record key {name!r}: {error}") from None
-            except Exception as error:  # a corrupt record must not end the file
-                yield Reject(record_id, record_source, f"{type(error).__name__}: {error}",
-                             str(path))
-
-
-def read_oc20_lmdb(path, source: str | None = None, y_target: str | None = None,
-                   keep: Iterable[str] = ()) -> Iterator[Crystal | Reject]:
-    """Read one OC20/OC22 `.lmdb` file, or every `*.lmdb` in a directory (sorted), safely.
-
-    Args:
-        path: an LMDB file (`subdir=False` layout) or a directory of them.
-        source: dataset name for every record; default "oc22" for records flagged `oc22`, else "oc20".
-        y_target: target name for `y`; default "energy" for OC22, "adsorption_energy" for OC20
-            (see the module docstring).
-        keep: other scalar attributes to keep as targets under their own names (e.g. "y_relaxed").
-    Raises:
-        RefusedGlobal: a record names a global outside the allow-list (message names file and key).
-    """
-    path = Path(path)
-    keep = tuple(keep)
+def _lmdb_files(path: Path) -> list[Path]:
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix == ".lmdb")
+        files = sorted(path.glob("*.lmdb"))
         if not files:
             raise ValueError(f"{path}: directory holds no .lmdb files")
-    else:
-        files = [path]
-    for file in files:
-        yield from _read_file(file, source, y_target, keep)
+        return files
+    return [path]
 
 
-# ---------------------------------------------------------------------------------- writing
+def _read_one(path: Path, source: str) -> Iterator[Crystal | Reject]:
+    import lmdb
+
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
+                    meminit=False, max_readers=1)
+    try:
+        with env.begin() as txn:
+            for raw_key, value in txn.cursor():
+                key = raw_key.decode("ascii", errors="replace")
+                if key == "length":
+                    continue  # the record count, not a record
+                where = f"{path.name}[{key}]"
+                try:
+                    record = data_attributes(safe_loads(value))
+                    yield record_to_crystal(record, key, source)
+                except Exception as error:  # refused, truncated or malformed: one Reject
+                    yield Reject(key, source, f"record {where}: {type(error).__name__}: {error}",
+                                 str(path))
+    finally:
+        env.close()
+
+
+def read_oc20_lmdb(path, source: str = "oc20", **options) -> Iterator[Crystal | Reject]:
+    """Read one OC20/OC22 `.lmdb` file, or every `*.lmdb` in a directory, as `Crystal`s / `Reject`s.
+
+    Records are visited in LMDB key order (byte order of the keys: "0", "1", "10", ...).
+    `source`: "oc20" (default) or "oc22" or any dataset name.
+    """
+    if options:
+        raise ValueError(f"read_oc20_lmdb: unknown options {sorted(options)}")
+    for file in _lmdb_files(Path(path)):
+        yield from _read_one(file, source)
+
+
 class _NativePickler(pickle._Pickler):
-    """Pickles `PygStandIn` classes under their torch_geometric names (the pure-Python pickler is
-    the one whose global writer can be overridden; torch_geometric itself is not importable)."""
+    """Pure-Python pickler that writes the stand-in classes under their torch_geometric paths."""
 
     def save_global(self, obj, name=None):
         if isinstance(obj, type) and issubclass(obj, PygStandIn) and obj.native[0]:
@@ -197,40 +138,41 @@ class _NativePickler(pickle._Pickler):
         super().save_global(obj, name)
 
 
-def make_record(attributes: dict) -> Data:
-    """A `Data` stand-in laid out like PyG >= 2 (`_store` GlobalStorage with `_mapping`)."""
-    import torch
-
-    mapping = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
-               for k, v in attributes.items()}
-    record, store = Data(), GlobalStorage()
-    store.__dict__.update(_mapping=mapping, _parent=record)
-    record.__dict__.update(_edge_attr_cls=DataEdgeAttr, _tensor_attr_cls=DataTensorAttr,
-                           _store=store)
-    return record
-
-
 def dumps_record(record) -> bytes:
-    """Pickle a `Data` stand-in (or an attribute dict) as the release does: `pickle.dumps(data)`."""
+    """Pickle a safely loaded record (a `Data` stand-in) as the releases store it (see module doc)."""
     import io
 
-    if isinstance(record, dict):
-        record = make_record(record)
     buffer = io.BytesIO()
     _NativePickler(buffer, protocol=4).dump(record)
     return buffer.getvalue()
 
 
-def write_oc20_lmdb(path, records: Iterable) -> int:
-    """Write records (pickled bytes, stored as given, or `Data` stand-ins / attribute dicts)
-    under keys "0".."n-1" plus "length", `subdir=False` as OC20 ships. Returns the count."""
+def write_oc20_lmdb(path, records: list[bytes]) -> Path:
+    """Write pickled records under keys `b"0"`... and their count under `b"length"` (subdir=False)."""
     import lmdb
 
-    values = [r if isinstance(r, bytes) else dumps_record(r) for r in records]
-    map_size = 4 * sum(len(v) for v in values) + (16 << 20)
-    env = lmdb.open(str(path), map_size=map_size, subdir=False, meminit=False, lock=True)
-    with env, env.begin(write=True) as txn:
-        for index, value in enumerate(values):
-            txn.put(str(index).encode("ascii"), value)
-        txn.put(_LENGTH_KEY, pickle.dumps(len(values), protocol=4))
-    return len(values)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = max(1 << 20, 4 * sum(len(r) for r in records) + (1 << 20))
+    env = lmdb.open(str(path), subdir=False, map_size=size, meminit=False, lock=False)
+    try:
+        with env.begin(write=True) as txn:
+            for index, record in enumerate(records):
+                txn.put(str(index).encode("ascii"), bytes(record))
+            txn.put(b"length", pickle.dumps(len(records), protocol=4))
+        env.sync()
+    finally:
+        env.close()
+    return path
+
+
+def oc22_pkl_to_lmdb(pkl_path, lmdb_path) -> Path:
+    """Build an OC22 LMDB from a pickled list of records (`../shared/data/oc22/*.pkl`).
+
+    The list is loaded through the restricted unpickler and each record re-pickled with
+    `dumps_record`, so the LMDB holds what the public release holds: one `Data` pickle per key.
+    """
+    records = safe_loads(Path(pkl_path).read_bytes())
+    if not isinstance(records, list):
+        records = [records]
+    return write_oc20_lmdb(lmdb_path, [dumps_record(record) for record in records])
