@@ -54,7 +54,8 @@ def _scalar(value, name: str):
 def record_to_crystal(attributes: dict, key: str, source: str) -> Crystal:
     """One record's attribute dict -> `Crystal` (ValueError naming the field on bad content)."""
     positions = _array(attributes.get("pos"), "pos").astype(np.float64).reshape(-1, 3)
-    numbers = _array(attributes.get("atomic_numbers"), "atomic_numbers").astype(np.int64).reshape(-1)
+    numbers = _array(attributes.get("atomic_numbers"), "atomic_numbers").astype(np.int64)
+    numbers = numbers.reshape(-1)
     cell = _array(attributes.get("cell"), "cell").astype(np.float64).reshape(3, 3)  # from [1, 3, 3]
     n_atoms = len(numbers)
     targets: dict = {}
@@ -112,7 +113,7 @@ def _read_one(path: Path, source: str) -> Iterator[Crystal | Reject]:
         env.close()
 
 
-def read_oc20_lmdb(path, source: str = "oc20", **options) -> Iterator[Crystal | Reject]:
+def read_oc20_lmdb(path, source: str | None = "oc20", **options) -> Iterator[Crystal | Reject]:
     """Read one OC20/OC22 `.lmdb` file, or every `*.lmdb` in a directory, as `Crystal`s / `Reject`s.
 
     Records are visited in LMDB key order (byte order of the keys: "0", "1", "10", ...).
@@ -120,6 +121,7 @@ def read_oc20_lmdb(path, source: str = "oc20", **options) -> Iterator[Crystal | 
     """
     if options:
         raise ValueError(f"read_oc20_lmdb: unknown options {sorted(options)}")
+    source = source or "oc20"
     for file in _lmdb_files(Path(path)):
         yield from _read_one(file, source)
 
@@ -139,7 +141,7 @@ class _NativePickler(pickle._Pickler):
 
 
 def dumps_record(record) -> bytes:
-    """Pickle a safely loaded record (a `Data` stand-in) as the releases store it (see module doc)."""
+    """Pickle a safely loaded record (a `Data` stand-in) as the releases store it (module doc)."""
     import io
 
     buffer = io.BytesIO()
@@ -148,7 +150,7 @@ def dumps_record(record) -> bytes:
 
 
 def write_oc20_lmdb(path, records: list[bytes]) -> Path:
-    """Write pickled records under keys `b"0"`... and their count under `b"length"` (subdir=False)."""
+    """Write pickled records under keys `b"0"`..., their count under `b"length"` (subdir=False)."""
     import lmdb
 
     path = Path(path)
