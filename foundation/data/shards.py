@@ -1,0 +1,288 @@
+"""Write validated records into webdataset shards with a manifest: `foundation shard` and `write_shards`.
+
+    foundation shard --format oqmd --input ../shared/data/oqmd/formationenergy.jsonl.gz --out shards/oqmd
+
+For each record read: validate (`foundation.data.validate`) -> split by a hash of its key (or of
+its group) -> look for a duplicate structure (`foundation.data.fingerprint`) -> shuffle within a
+write buffer -> append to `<split>-NNNNNN.tar`. Rejected records (bad input, or duplicates with
+`--drop-duplicates`) go to `rejects.jsonl`; read = written + rejected is asserted. The manifest
+(format in shards/README.md) holds counts, sha256 per shard, label statistics and element
+references of the train split, the split rule, and the sources with their sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .crystal import Crystal
+from .records import Reject
+from .shard_format import FORMAT, SPLITS, VERSION, decode_record, encode_record
+from .statistics import LabelAccumulator, summarize
+from .validate import ValidationConfig
+
+__all__ = ["SplitRule", "write_shards", "cli_main", "sha256_file"]
+
+DEFAULT_EDGE_CUTOFFS = (4.0, 5.0, 6.0, 8.0)  # Å: per-record edge counts for max_edges packing
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    """split = where u = sha256(f"{seed}:{group}") / 2^256 falls in the cumulative fractions;
+    group = the record key `source:id`, or `source:<id before ':'>` with group_by_prefix (all
+    frames of one OC20 system share a split). Adding records never moves an existing one."""
+
+    fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)  # train, val, test
+    seed: int = 0
+    group_by_prefix: bool = False
+
+    def __post_init__(self):
+        if len(self.fractions) != 3 or min(self.fractions) < 0 or abs(sum(self.fractions) - 1) > 1e-9:
+            raise ValueError(f"split fractions must be 3 non-negative numbers summing to 1, got {self.fractions}")
+
+    def group(self, crystal: Crystal) -> str:
+        if self.group_by_prefix:
+            return f"{crystal.source}:{crystal.id.split(':', 1)[0]}"
+        return crystal.key
+
+    def assign(self, crystal: Crystal) -> str:
+        digest = hashlib.sha256(f"{self.seed}:{self.group(crystal)}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2.0**64
+        edges = np.cumsum(self.fractions)
+        return SPLITS[min(int(np.searchsorted(edges, u, side="right")), 2)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"hash": "sha256", "of": "f'{seed}:{group}'", "seed": self.seed,
+                "group": "source:id-prefix" if self.group_by_prefix else "source:id",
+                "fractions": dict(zip(SPLITS, self.fractions))}
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _SplitWriter:
+    """`<split>-NNNNNN.tar` shards of at most `shard_size` records and `shard_bytes` bytes."""
+
+    def __init__(self, out_dir: Path, split: str, shard_size: int, shard_bytes: int | None):
+        self.out_dir, self.split = out_dir, split
+        self.shard_size, self.shard_bytes = shard_size, shard_bytes
+        self.shards: list[dict[str, Any]] = []
+        self.sizes: dict[str, dict[str, list]] = {}
+        self._writer = None
+        self.count = 0
+
+    def write(self, crystal: Crystal, edges: list[int]) -> None:
+        import webdataset as wds
+
+        sample = encode_record(crystal, f"{self.count:09d}")
+        nbytes = sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if k != "__key__")
+        cur = self.shards[-1] if self.shards else None
+        if cur is None or cur["records"] >= self.shard_size or (
+                self.shard_bytes is not None and cur["records"] and cur["bytes"] + nbytes > self.shard_bytes):
+            self._close_current()
+            name = f"{self.split}-{len(self.shards):06d}.tar"
+            self._writer = wds.TarWriter(str(self.out_dir / name))
+            cur = {"file": name, "records": 0, "atoms": 0, "bytes": 0}
+            self.shards.append(cur)
+            self.sizes[name] = {"n_atoms": [], "n_edges": []}
+        self._writer.write(sample)
+        cur["records"] += 1
+        cur["atoms"] += crystal.n_atoms
+        cur["bytes"] += nbytes
+        self.sizes[cur["file"]]["n_atoms"].append(crystal.n_atoms)
+        self.sizes[cur["file"]]["n_edges"].append(edges)
+        self.count += 1
+
+    def _close_current(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            cur = self.shards[-1]
+            path = self.out_dir / cur["file"]
+            cur["bytes"] = path.stat().st_size
+            cur["sha256"] = sha256_file(path)
+
+    def close(self) -> list[dict[str, Any]]:
+        self._close_current()
+        return self.shards
+
+
+def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, *, shard_size: int = 1000,
+                 shard_mb: float | None = None, split: SplitRule = SplitRule(),
+                 validation: ValidationConfig = ValidationConfig(),
+                 edge_cutoffs: tuple[float, ...] = DEFAULT_EDGE_CUTOFFS, dedup: bool = True,
+                 dedup_against: tuple[str, ...] = (), drop_duplicates: bool = False, workers: int = 1,
+                 write_shuffle: int = 10000, reader: dict[str, Any] | None = None,
+                 sources: tuple[str, ...] = (), overwrite: bool = False, progress: bool = True) -> dict:
+    """Validate, split, deduplicate and write `records` under `out_dir`; returns the manifest.
+
+    `write_shuffle` records are held and written in a seeded random order, so consecutive input
+    records (frames of one trajectory) spread over a shard. `reader` ({"format", options}) and
+    `sources` (input files, hashed) are recorded in the manifest.
+    """
+    from tqdm import tqdm
+
+    from .prepare import prepare_records
+
+    out = _prepare_out_dir(Path(out_dir), overwrite)
+    shard_bytes = None if shard_mb is None else int(shard_mb * 1e6)
+    writers = {s: _SplitWriter(out, s, shard_size, shard_bytes) for s in SPLITS}
+    index, origin = _reference_index(dedup_against, split) if dedup else (None, {})
+    stats, elements, dropped_labels = LabelAccumulator(), Counter(), Counter()
+    counts = Counter()
+    duplicates: list[dict[str, Any]] = []
+    rng = random.Random(split.seed)
+    buffer: list[tuple[str, Crystal, list[int]]] = []
+    split_of: dict[str, str] = {}
+
+    def flush(keep: int) -> None:
+        while len(buffer) > keep:
+            k = rng.randrange(len(buffer))
+            buffer[k], buffer[-1] = buffer[-1], buffer[k]
+            name, crystal, edges = buffer.pop()
+            writers[name].write(crystal, edges)
+            if name == "train":
+                stats.add(crystal)
+                elements.update(crystal.numbers.tolist())
+
+    with open(out / "rejects.jsonl", "w") as rejects, tqdm(desc=f"shard {out.name}", unit=" rec",
+                                                             disable=not progress) as bar:
+        for item in prepare_records(records, validation, edge_cutoffs, dedup, workers):
+            counts["read"] += 1
+            bar.update(1)
+            if isinstance(item, Reject):
+                rejects.write(json.dumps(item.to_json()) + "\n")
+                counts["rejected"] += 1
+                continue
+            crystal, edges, fp, dropped = item
+            dropped_labels.update(dropped)
+            name = split.assign(crystal)
+            if index is not None:
+                group = split.group(crystal) if split.group_by_prefix else ""
+                hit = index.find(crystal, fp, group)
+                if hit is not None:
+                    where = origin.get(hit, "input")
+                    duplicates.append({"key": crystal.key, "duplicate_of": hit, "where": where, "split": name,
+                                       "split_of_original": split_of.get(hit, "")})
+                    counts["duplicates_within_input" if where == "input" else f"duplicates_against:{where}"] += 1
+                    if drop_duplicates:
+                        rejects.write(json.dumps(Reject(crystal.id, crystal.source,
+                                                        f"duplicate structure of {hit} ({where})").to_json()) + "\n")
+                        counts["rejected"] += 1
+                        continue
+                else:
+                    index.add(crystal.key, crystal, fp, group)
+                    split_of[crystal.key] = name
+            buffer.append((name, crystal, edges))
+            counts["written"] += 1
+            flush(write_shuffle)
+        flush(0)
+    if counts["read"] != counts["written"] + counts["rejected"]:
+        raise AssertionError(f"record count mismatch: read {counts['read']} != written {counts['written']} "
+                             f"+ rejected {counts['rejected']}")
+    shards = {s: w.close() for s, w in writers.items()}
+    manifest = _manifest(out, shards, writers, counts, duplicates, stats, elements, dropped_labels, split,
+                         validation, edge_cutoffs, dedup, drop_duplicates, dedup_against, reader, sources)
+    with open(out / "duplicates.jsonl", "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in duplicates)
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / "manifest.json")  # the manifest appears last: its presence means complete
+    return manifest
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    if (out / "manifest.json").exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds shards (manifest.json); pass overwrite to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in ("*.tar", "manifest.json", "sizes.npz", "rejects.jsonl", "duplicates.jsonl"):
+        for path in out.glob(pattern):
+            path.unlink()
+    return out
+
+
+def _reference_index(dirs: tuple[str, ...], split: SplitRule):
+    """A DuplicateIndex holding every record of the shard directories `dirs` (all splits)."""
+    from webdataset.tariterators import tarfile_samples
+
+    from .fingerprint import DuplicateIndex, fingerprint
+    from .shard_format import read_manifest, shard_location
+
+    index, origin = DuplicateIndex(), {}
+    for d in dirs:
+        manifest = read_manifest(d)
+        for entries in manifest["shards"].values():
+            for entry in entries:
+                for sample in tarfile_samples([{"url": shard_location(manifest["base"], entry["file"])}]):
+                    crystal = decode_record(sample)
+                    group = split.group(crystal) if split.group_by_prefix else ""
+                    index.add(crystal.key, crystal, fingerprint(crystal), group)
+                    origin[crystal.key] = str(d)
+    return index, origin
+
+
+def _manifest(out, shards, writers, counts, duplicates, stats, elements, dropped_labels, split, validation,
+              edge_cutoffs, dedup, drop_duplicates, dedup_against, reader, sources) -> dict[str, Any]:
+    from .. import __version__
+
+    arrays = {}
+    for w in writers.values():
+        for name, s in w.sizes.items():
+            arrays[f"{name}/n_atoms"] = np.asarray(s["n_atoms"], dtype=np.int32)
+            arrays[f"{name}/n_edges"] = np.asarray(s["n_edges"], dtype=np.int64).reshape(-1, len(edge_cutoffs))
+    np.savez(out / "sizes.npz", **arrays)
+    state = stats.state()
+    summary = summarize(state) if state["moments"] else {"targets": {}, "element_references": {}, "residuals": {}}
+    dup_counts = {"within_input": counts["duplicates_within_input"],
+                  "against": {d: counts[f"duplicates_against:{d}"] for d in map(str, dedup_against)},
+                  "across_splits": sum(1 for d in duplicates if d["split_of_original"] not in ("", d["split"])),
+                  "dropped": drop_duplicates, "checked": dedup, "list": "duplicates.jsonl"}
+    return {
+        "format": FORMAT, "version": VERSION, "created_by": f"foundation {__version__}",
+        "reader": reader or {},
+        "sources": [_describe_source(p) for p in sources],
+        "counts": {"read": counts["read"], "written": counts["written"], "rejected": counts["rejected"],
+                   "duplicates": dup_counts,
+                   "splits": {s: {"records": sum(e["records"] for e in shards[s]),
+                                  "atoms": sum(e["atoms"] for e in shards[s]), "shards": len(shards[s])}
+                              for s in SPLITS},
+                   "dropped_labels": dict(dropped_labels)},
+        "split_rule": split.to_json(),
+        "validation": {**asdict(validation), "allowed_elements": None if validation.allowed_elements is None
+                       else sorted(validation.allowed_elements)},
+        "shards": shards,
+        "sizes": {"file": "sizes.npz", "sha256": sha256_file(out / "sizes.npz"), "edge_cutoffs": list(edge_cutoffs),
+                  "n_edges": "full neighbour list (both directions), periodic images included"},
+        "statistics_split": "train",
+        "elements": {str(z): n for z, n in sorted(elements.items())},
+        **summary,
+        "label_sums": state,
+        "rejects": "rejects.jsonl",
+    }
+
+
+def _describe_source(path: str) -> dict[str, Any]:
+    p = Path(path)
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    return {"path": str(path), "files": [{"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
+                                         for f in files]}
+
+
+def cli_main(argv: list[str], command: str = "shard") -> int:
+    from .shard_cli import main
+
+    return main(argv, command)

@@ -1,0 +1,186 @@
+"""Label statistics and per-element reference energies, accumulated while sharding.
+
+For every scalar regression label y of a record with n atoms and element counts c_Z, the
+accumulator keeps the sufficient statistics of the least-squares system in the composition
+fractions b = c / n, with z = y / n for an extensive label (eV per cell) and z = y for an
+intensive one (eV/atom). From them:
+
+- element references (energy labels only, `REFERENCE_TARGETS`): ref minimising
+  Σ (y − c·ref)² for an extensive label and Σ (y − c·ref / n)² for an intensive one, solved with
+  numpy lstsq and a small ridge (elements never seen get no reference);
+- residual statistics, the per-atom normalisation the heads use (foundation/model/heads.py):
+  mean and std of (y − c·ref) / n (extensive) or y − c·ref / n (intensive), ref = 0 when the
+  label has no references.
+
+The sums are stored in the manifest, so the statistics of several shard directories feeding one
+task are combined exactly (`combine`) rather than averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .targets import TARGETS, target_info
+
+__all__ = ["LabelAccumulator", "REFERENCE_TARGETS", "solve_references", "combine", "summarize"]
+
+REFERENCE_TARGETS = ("energy", "formation_energy", "energy_per_atom", "formation_energy_per_atom")
+RIDGE = 1e-8  # relative to the mean diagonal of the normal matrix
+N_Z = 119
+
+
+class LabelAccumulator:
+    """Streaming statistics of a split's labels. `add(crystal)`, then `state()` (JSON-ready)."""
+
+    def __init__(self) -> None:
+        self.moments: dict[str, list[float]] = {}  # name -> [count, sum, sum of squares] (raw values)
+        self.systems: dict[str, dict[str, Any]] = {}  # scalar regression label -> LSQ sums
+        self.dropped: dict[str, int] = {}  # labels removed by validation (not finite)
+
+    def add(self, crystal) -> None:
+        numbers, counts = np.unique(crystal.numbers, return_counts=True)
+        n = crystal.n_atoms
+        for name, value in crystal.targets.items():
+            array = np.asarray(value, dtype=np.float64)
+            info = target_info(name)
+            m = self.moments.setdefault(name, [0.0, 0.0, 0.0])
+            if info.level == "atom":  # forces: per-component moments, counted per atom
+                m[0] += array.shape[0]
+                m[1] += float(array.sum()) / max(array[0].size, 1)
+                m[2] += float((array**2).sum()) / max(array[0].size, 1)
+                continue
+            m[0] += 1
+            m[1] += float(array.mean())
+            m[2] += float((array**2).mean())
+            if array.ndim == 0 and info.kind == "regression":
+                z = float(array) / n if info.extensive else float(array)
+                self._add_system(name, numbers, counts / n, z, counts, float(array))
+
+    def _add_system(self, name, numbers, b, z, counts, y) -> None:
+        s = self.systems.get(name)
+        if s is None:
+            s = self.systems[name] = {"n": 0, "sum_z": 0.0, "sum_z2": 0.0, "sum_b": np.zeros(N_Z),
+                                      "BtB": np.zeros((N_Z, N_Z)), "Btz": np.zeros(N_Z)}
+            if name in REFERENCE_TARGETS and target_info(name).extensive:
+                s["CtC"], s["Cty"] = np.zeros((N_Z, N_Z)), np.zeros(N_Z)
+        s["n"] += 1
+        s["sum_z"] += z
+        s["sum_z2"] += z * z
+        s["sum_b"][numbers] += b
+        s["BtB"][np.ix_(numbers, numbers)] += np.outer(b, b)
+        s["Btz"][numbers] += b * z
+        if "CtC" in s:
+            s["CtC"][np.ix_(numbers, numbers)] += np.outer(counts, counts)
+            s["Cty"][numbers] += counts * y
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready: {"moments": {...}, "systems": {name: sums over the elements seen}}."""
+        systems = {}
+        for name, s in self.systems.items():
+            zs = np.flatnonzero(s["sum_b"] > 0)
+            entry = {"n": s["n"], "sum_z": s["sum_z"], "sum_z2": s["sum_z2"], "elements": zs.tolist(),
+                     "sum_b": s["sum_b"][zs].tolist(), "BtB": s["BtB"][np.ix_(zs, zs)].tolist(),
+                     "Btz": s["Btz"][zs].tolist()}
+            if "CtC" in s:
+                entry["CtC"] = s["CtC"][np.ix_(zs, zs)].tolist()
+                entry["Cty"] = s["Cty"][zs].tolist()
+            systems[name] = entry
+        return {"moments": {k: list(v) for k, v in self.moments.items()}, "systems": systems}
+
+
+def _dense(entry: dict[str, Any]) -> dict[str, Any]:
+    zs = np.asarray(entry["elements"], dtype=np.int64)
+    out = {"n": entry["n"], "sum_z": entry["sum_z"], "sum_z2": entry["sum_z2"]}
+    out["sum_b"] = np.zeros(N_Z)
+    out["sum_b"][zs] = entry["sum_b"]
+    for key in ("BtB", "CtC"):
+        if key in entry:
+            out[key] = np.zeros((N_Z, N_Z))
+            out[key][np.ix_(zs, zs)] = entry[key]
+    for key in ("Btz", "Cty"):
+        if key in entry:
+            out[key] = np.zeros(N_Z)
+            out[key][zs] = entry[key]
+    return out
+
+
+def combine(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge accumulator states (e.g. of several shard directories) into one, exactly."""
+    moments: dict[str, list[float]] = {}
+    systems: dict[str, dict[str, Any]] = {}
+    for state in states:
+        for name, m in state["moments"].items():
+            acc = moments.setdefault(name, [0.0, 0.0, 0.0])
+            for i in range(3):
+                acc[i] += m[i]
+        for name, entry in state["systems"].items():
+            dense = _dense(entry)
+            if name not in systems:
+                systems[name] = dense
+                continue
+            acc = systems[name]
+            for key, value in dense.items():
+                if key in acc:
+                    acc[key] = acc[key] + value
+                else:  # CtC present in one state only cannot happen for one label name
+                    acc[key] = value
+    acc = LabelAccumulator()
+    acc.moments = moments
+    for name, s in systems.items():
+        acc.systems[name] = s
+    return acc.state()
+
+
+def solve_references(entry: dict[str, Any], name: str) -> dict[int, float]:
+    """Least-squares per-element references {Z: ref} of label `name` from its stored sums."""
+    dense = _dense(entry)
+    extensive = target_info(name).extensive
+    matrix, rhs = (dense["CtC"], dense["Cty"]) if extensive else (dense["BtB"], dense["Btz"])
+    zs = np.asarray(entry["elements"], dtype=np.int64)
+    if len(zs) == 0:
+        return {}
+    a = matrix[np.ix_(zs, zs)]
+    ridge = RIDGE * float(np.trace(a)) / len(zs)
+    x, *_ = np.linalg.lstsq(a + ridge * np.eye(len(zs)), rhs[zs], rcond=None)
+    return {int(z): float(v) for z, v in zip(zs, x)}
+
+
+def summarize(state: dict[str, Any]) -> dict[str, Any]:
+    """Manifest sections from an accumulator state: targets (mean, std, count, unit, level),
+    element_references and residual statistics (per-atom, what the heads normalise with)."""
+    targets = {}
+    for name, (count, total, squares) in sorted(state["moments"].items()):
+        info = target_info(name)
+        mean = total / count if count else float("nan")
+        entry = {"unit": info.unit, "level": info.level, "count": int(count)}
+        if info.level == "atom":  # forces: the per-component RMS is the scale
+            entry.update(mean=mean, std=math.sqrt(squares / count) if count else float("nan"), rms=True)
+        else:
+            entry.update(mean=mean, std=math.sqrt(max(squares / count - mean * mean, 0.0)) if count else float("nan"))
+        targets[name] = entry
+    references, residuals = {}, {}
+    for name, entry in sorted(state["systems"].items()):
+        refs = solve_references(entry, name) if name in REFERENCE_TARGETS else {}
+        if refs:
+            references[name] = refs
+        residuals[name] = residual_statistics(entry, refs)
+    return {"targets": targets, "element_references": references, "residuals": residuals}
+
+
+def residual_statistics(entry: dict[str, Any], refs: dict[int, float]) -> dict[str, float]:
+    """Mean and std of the per-atom residual z − b·ref (see the module docstring)."""
+    dense = _dense(entry)
+    x = np.zeros(N_Z)
+    for z, v in refs.items():
+        x[int(z)] = v
+    n = dense["n"]
+    mean = (dense["sum_z"] - float(dense["sum_b"] @ x)) / n
+    second = (dense["sum_z2"] - 2.0 * float(x @ dense["Btz"]) + float(x @ dense["BtB"] @ x)) / n
+    return {"mean": mean, "std": math.sqrt(max(second - mean * mean, 0.0)), "count": int(n)}
+
+
+def known_units() -> dict[str, str]:
+    return {name: info.unit for name, info in TARGETS.items()}

@@ -1,0 +1,270 @@
+"""Streaming loader over webdataset shards: split by rank and worker, mixed, packed, resumable.
+
+    loader = build_loader({"mp": "shards/mp2018", "oc20": "shards/oc20"}, "train",
+                          LoaderConfig(cutoff=5.0, max_atoms=2048, num_workers=4),
+                          rank=rank, world_size=world_size, epoch=0)
+    for batch in loader: ...            # len(loader) batches, the same number on every rank
+    state = loader.state_dict()         # {"epoch", "position", ...}: resume mid-epoch exactly
+
+Records, not shards, are split between ranks and workers (`foundation.data.packing`): the plan
+is computed from the manifests alone, identically in every process, so three shards feed four
+rank×worker slots, and every rank gets the same number of batches with no collective. A worker
+reads only the part of the epoch stream that holds its batches (one pass, a few shards open),
+decodes its records, builds periodic neighbour graphs (vesin) and collates them. A corrupt or
+truncated shard is skipped from the point it fails, with a warning naming it; its missing records
+are counted (`loader.counters`), their batches are yielded without them, so counts stay equal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .graph import collate, neighbor_graph
+from .packing import EpochPlan, SourceSizes, plan_epoch, worker_batches
+from .shard_format import decode_record
+from .sources import resolve_sources
+
+__all__ = ["LoaderConfig", "StreamConfig", "ShardLoader", "build_loader"]
+
+log = logging.getLogger("foundation.data")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    cutoff: float = 5.0  # Å, neighbour graph cutoff (the model's)
+    max_atoms: int = 1024  # atoms per batch (a larger structure gets a batch of its own)
+    max_edges: int | None = None  # edges per batch, from per-record counts in the manifests
+    num_workers: int = 0  # DataLoader worker processes per rank (0: read in the main process)
+    seed: int = 0  # shard order, dataset mixing and local shuffle (with the epoch)
+    temperature: float = 1.0  # dataset mixing p_i ∝ n_i^(1/T); 1 = every record once per epoch
+    shuffle: bool = True  # False: file order (evaluation)
+    shuffle_buffer: int = 1000  # records per block of the local shuffle
+    interleave: int = 4  # shards of one dataset read side by side
+    prefetch_factor: int = 2  # batches each worker prepares ahead
+    multiprocessing_context: str | None = None  # "fork", "spawn", "forkserver" (None: platform default)
+
+    def __post_init__(self):
+        if not self.cutoff > 0:
+            raise ValueError(f"cutoff must be > 0 Å, got {self.cutoff}")
+        if self.max_atoms < 1 or (self.max_edges is not None and self.max_edges < 1):
+            raise ValueError(f"batch budgets must be >= 1, got max_atoms={self.max_atoms}, max_edges={self.max_edges}")
+        if self.num_workers < 0 or self.shuffle_buffer < 1 or self.interleave < 1:
+            raise ValueError("num_workers >= 0, shuffle_buffer >= 1 and interleave >= 1 are required")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+StreamConfig = LoaderConfig  # the name the design notes use
+
+
+def _identity(x):
+    return x
+
+
+class _ShardReader:
+    """Records of one shard in file order; `get(r)` decodes record r (requests increase)."""
+
+    def __init__(self, url: str, expected: int):
+        from webdataset.tariterators import tarfile_samples
+
+        self.url, self.expected = url, expected
+        self._samples = tarfile_samples([{"url": url}])
+        self._index = -1  # index of the last sample drawn
+        self.failed = False
+
+    def get(self, r: int):
+        """Record r as a Crystal, or None if the shard failed before it (warned once)."""
+        if self.failed:
+            return None
+        try:
+            while self._index < r:
+                sample = next(self._samples, None)
+                if sample is None:
+                    raise EOFError(f"shard ends after {self._index + 1} of {self.expected} records")
+                self._index += 1
+            return decode_record(sample)
+        except Exception as exc:  # noqa: BLE001 -- any failure of a shard skips the rest of it
+            self.failed = True
+            log.warning("skipping the rest of corrupt or truncated shard %s (%s: %s)", self.url,
+                        type(exc).__name__, exc)
+            return None
+
+
+class _EpochDataset(torch.utils.data.IterableDataset):
+    """One rank's batches of one epoch, from position `start`; yields (Batch, events)."""
+
+    def __init__(self, plan: EpochPlan, sources: list[SourceSizes], names: list[str], rank: int,
+                 start: int, cutoff: float, max_atoms: int, max_edges: int | None, dtype: torch.dtype):
+        super().__init__()
+        self.plan, self.rank, self.start = plan, rank, start
+        self.urls = [s.shards for s in sources]
+        self.counts = [[len(a) for a in s.n_atoms] for s in sources]
+        self.names, self.cutoff, self.dtype = names, cutoff, dtype
+        self.max_atoms, self.max_edges = max_atoms, max_edges
+
+    def __iter__(self) -> Iterator[tuple[Any, dict]]:
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        ids = worker_batches(self.plan, self.rank, worker, n_workers, self.start)
+        batches = [self.plan.rank_batches[self.rank][b] for b in ids]
+        padding = [self.plan.padding[self.rank][b] for b in ids]
+        return self._iterate(batches, padding)
+
+    def _iterate(self, batches: list[np.ndarray], padding: list[bool]):
+        p = self.plan
+        need: dict[int, list[tuple[int, int]]] = {}
+        for b, items in enumerate(batches):
+            for pos, g in enumerate(items.tolist()):
+                need.setdefault(g, []).append((b, pos))
+        order = sorted(need)
+        last = {}
+        for g in order:
+            last[(p.dataset[g], p.occurrence[g], p.shard[g])] = g
+        filled = [[None] * len(items) for items in batches]
+        left = [len(items) for items in batches]
+        readers: dict[tuple, _ShardReader] = {}
+        events: Counter = Counter()
+        emit = 0
+        for g in order:
+            d, s = int(p.dataset[g]), int(p.shard[g])
+            key = (d, int(p.occurrence[g]), s)
+            if key not in readers:
+                readers[key] = _ShardReader(self.urls[d][s], self.counts[d][s])
+            reader = readers[key]
+            crystal = reader.get(int(p.record[g]))
+            if crystal is None:
+                events["missing_records"] += len(need[g])
+            for b, pos in need[g]:
+                filled[b][pos] = (crystal, d)
+                left[b] -= 1
+            if last[key] == g:
+                if reader.failed:
+                    events["corrupt_shards"] += 1
+                    events[f"shard:{reader.url}"] += 1
+                del readers[key]
+            while emit < len(batches) and left[emit] == 0:
+                yield self._emit(filled[emit], padding[emit], events), dict(events)
+                events.clear()
+                filled[emit] = None
+                emit += 1
+
+    def _emit(self, members: list, padding: bool, events: Counter):
+        present = [(c, d) for c, d in members if c is not None]
+        if not present:
+            raise RuntimeError(f"rank {self.rank}: every record of a batch is unreadable (see the "
+                               "warnings about corrupt shards above); no batch can be formed")
+        graphs = [neighbor_graph(c, self.cutoff, dataset=self.names[d]) for c, d in present]
+        if len(graphs) == 1 and (graphs[0].n_atoms > self.max_atoms
+                                 or (self.max_edges is not None and graphs[0].n_edges > self.max_edges)):
+            c = graphs[0].crystal
+            log.warning("%s has %d atoms and %d edges, over the batch budget (max_atoms=%d, max_edges=%s): "
+                        "it gets a batch of its own", c.key, c.n_atoms, graphs[0].n_edges, self.max_atoms,
+                        self.max_edges)
+            events["oversize_batches"] += 1
+        if padding:
+            events["padding_batches"] += 1
+        events["records"] += len(graphs)
+        return collate(graphs, self.dtype)
+
+
+class ShardLoader:
+    """Batches of one split for one rank, epoch by epoch, with a resumable position.
+
+    `len()` = batches per rank in the current epoch (equal on every rank). Iterating yields the
+    batches from `position` to the end of the epoch; `set_epoch(e)` starts epoch e at 0.
+    """
+
+    def __init__(self, sources: list[SourceSizes], names: list[str], config: LoaderConfig, rank: int,
+                 world_size: int, epoch: int, dtype: torch.dtype):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.sources, self.names, self.config = sources, names, config
+        self.rank, self.world_size, self.dtype = rank, world_size, dtype
+        self.epoch, self.position = epoch, 0
+        self.counters: Counter = Counter()  # records, missing_records, corrupt_shards, ...
+        self.corrupt_shards: set[str] = set()
+        self._plan: tuple[int, EpochPlan] | None = None
+
+    @property
+    def plan(self) -> EpochPlan:
+        if self._plan is None or self._plan[0] != self.epoch:
+            c = self.config
+            self._plan = (self.epoch, plan_epoch(
+                self.sources, epoch=self.epoch, seed=c.seed, world_size=self.world_size,
+                n_workers=max(c.num_workers, 1), max_atoms=c.max_atoms, max_edges=c.max_edges,
+                temperature=c.temperature, shuffle=c.shuffle, shuffle_buffer=c.shuffle_buffer,
+                interleave=c.interleave))
+        return self._plan[1]
+
+    def __len__(self) -> int:
+        return self.plan.batches_per_rank
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.position = int(epoch), 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "world_size": self.world_size,
+                "num_workers": self.config.num_workers, "seed": self.config.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at (epoch, position). Exact when world size, workers and seed are unchanged;
+        otherwise the same fraction of the epoch is skipped (a warning says so)."""
+        self.epoch = int(state["epoch"])
+        position = int(state["position"])
+        same = (state.get("world_size", self.world_size) == self.world_size
+                and state.get("num_workers", self.config.num_workers) == self.config.num_workers
+                and state.get("seed", self.config.seed) == self.config.seed)
+        if not same:
+            old = plan_epoch(self.sources, epoch=self.epoch, seed=int(state.get("seed", self.config.seed)),
+                             world_size=int(state["world_size"]), n_workers=max(int(state["num_workers"]), 1),
+                             max_atoms=self.config.max_atoms, max_edges=self.config.max_edges,
+                             temperature=self.config.temperature, shuffle=self.config.shuffle,
+                             shuffle_buffer=self.config.shuffle_buffer, interleave=self.config.interleave)
+            fraction = position / max(old.batches_per_rank, 1)
+            position = int(round(fraction * len(self)))
+            log.warning("data position of epoch %d saved with another world size, worker count or seed: "
+                        "resuming at %.1f%% of the epoch (batch %d), not exactly", self.epoch,
+                        100 * fraction, position)
+        self.position = min(position, len(self))
+
+    def __iter__(self) -> Iterator:
+        c = self.config
+        dataset = _EpochDataset(self.plan, self.sources, self.names, self.rank, self.position, c.cutoff,
+                                c.max_atoms, c.max_edges, self.dtype)
+        if c.num_workers == 0:
+            stream = iter(dataset)
+        else:
+            stream = iter(torch.utils.data.DataLoader(
+                dataset, batch_size=None, num_workers=c.num_workers, collate_fn=_identity,
+                prefetch_factor=c.prefetch_factor, multiprocessing_context=c.multiprocessing_context))
+        for batch, events in stream:
+            for key, value in events.items():
+                if key.startswith("shard:"):
+                    self.corrupt_shards.add(key[len("shard:"):])
+                else:
+                    self.counters[key] += value
+            self.position += 1
+            yield batch
+
+
+def build_loader(datasets: dict[str, str | list[str]], split: str, config: LoaderConfig, rank: int = 0,
+                 world_size: int = 1, epoch: int = 0, dtype: torch.dtype = torch.float32,
+                 position: int = 0) -> ShardLoader:
+    """A `ShardLoader` over `datasets` {name: shard directory, manifest URL, or tar URL list/brace
+    pattern}. Each Batch's `datasets` entries are these names. `position`: batches of `epoch`
+    already consumed (resume)."""
+    if not datasets:
+        raise ValueError("build_loader: no datasets given")
+    names = list(datasets)
+    sources = [resolve_sources(name, datasets[name], split, config.cutoff, config.max_edges is not None)
+               for name in names]
+    loader = ShardLoader(sources, names, config, rank, world_size, epoch, dtype)
+    if position:
+        loader.load_state_dict({"epoch": epoch, "position": position})
+    return loader
