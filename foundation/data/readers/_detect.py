@@ -24,6 +24,8 @@ def classify_record(record) -> str:
         raise ValueError(f"first record is a {type(record).__name__}, not a JSON object")
     keys = set(record)
     atoms = record.get("atoms")
+    if "bulk_modulus_vrh" in keys or "shear_modulus_vrh" in keys:
+        return "mp_elasticity"
     if "lattice_mat" in keys or (isinstance(atoms, dict) and "lattice_mat" in atoms):
         return "jarvis"
     if "ComputedStructureEntry" in str(record.get("@class", "")) or {"structure", "energy", "correction"} <= keys:
@@ -34,8 +36,6 @@ def classify_record(record) -> str:
         return "nomad"
     if {"cart_coords", "_cell_length_a"} <= keys:
         return "carolina"
-    if "bulk_modulus_vrh" in keys and isinstance(record.get("structure"), str):
-        return "mp_elasticity"
     if isinstance(record.get("structure"), dict):
         return "mp_summary"
     raise ValueError(f"no reader knows a JSON record with keys {sorted(keys)[:12]}")
