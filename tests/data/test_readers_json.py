@@ -350,7 +350,8 @@ def test_cse_json_alexandria_layouts(tmp_path):
         assert [r.id for r in rejects] == ["agm00003"] and "no sites" in rejects[0].reason
         first, record = crystals[0], raw[0]
         assert first.source == "alexandria"
-        assert first.targets["energy"] == pytest.approx(record["uncorrected_energy_per_atom"] * first.n_atoms)
+        per_atom = record["uncorrected_energy_per_atom"]
+        assert first.targets["energy"] == pytest.approx(per_atom * first.n_atoms)
         assert first.targets["energy_per_atom"] == pytest.approx(record["uncorrected_energy_per_atom"])
         assert first.targets["formation_energy_per_atom"] == record["formation_energy_per_atom"]
         assert first.targets["band_gap"] == record["band_gap"] and first.targets["e_above_hull"] == 0.0

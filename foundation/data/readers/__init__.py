@@ -111,7 +111,8 @@ def read_structures(path_or_paths, **options) -> Iterator[Crystal]:
             try:
                 yield _read_single_structure(path)
             except Exception as error:
-                raise ValueError(f"{path}: cannot read a structure ({type(error).__name__}: {error})") from error
+                reason = f"{type(error).__name__}: {error}"
+                raise ValueError(f"{path}: cannot read a structure ({reason})") from error
             continue
         for record in read(path, format, **options):
             if isinstance(record, Crystal):

@@ -82,7 +82,8 @@ def load_json(path) -> Any:
         return json.load(handle)
 
 
-def iter_json_records(path, list_keys: Sequence[str] = ("data", "entries")) -> Iterator[tuple[int, Any, str]]:
+def iter_json_records(path, list_keys: Sequence[str] = ("data", "entries"),
+                      ) -> Iterator[tuple[int, Any, str]]:
     """Records of a JSON-lines file, a JSON list, or a dict wrapping a list under one of `list_keys`.
 
     `.jsonl` streams line by line; a JSON document is loaded whole (the JSON layouts here are one

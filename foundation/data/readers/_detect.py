@@ -28,7 +28,8 @@ def classify_record(record) -> str:
         return "mp_elasticity"
     if "lattice_mat" in keys or (isinstance(atoms, dict) and "lattice_mat" in atoms):
         return "jarvis"
-    if "ComputedStructureEntry" in str(record.get("@class", "")) or {"structure", "energy", "correction"} <= keys:
+    is_entry = "ComputedStructureEntry" in str(record.get("@class", ""))
+    if is_entry or {"structure", "energy", "correction"} <= keys:
         return "cse_json"
     if {"unit_cell", "sites"} <= keys:
         return "oqmd"

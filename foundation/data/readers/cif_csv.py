@@ -17,7 +17,6 @@ present in the header. Known columns:
 from __future__ import annotations
 
 import csv
-import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path

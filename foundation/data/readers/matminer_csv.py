@@ -57,7 +57,8 @@ def _structure(row: dict, column: str, id: str, source: str, targets: dict) -> C
 
 
 def read_matminer_csv(path, source: str = "matminer_elastic", structure_column: str = "poscar",
-                      tensor_column: str | None = "elastic_tensor_original", require: Sequence[str] = (), **options) -> Iterator[Crystal | Reject]:
+                      tensor_column: str | None = "elastic_tensor_original",
+                      require: Sequence[str] = (), **options) -> Iterator[Crystal | Reject]:
     """Read the matminer elastic-tensor CSV as `Crystal`s (or `Reject`s).
 
     Args:
