@@ -119,8 +119,8 @@ def _site_number(site: dict) -> int:
 def structure_from_pymatgen_dict(d: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse a pymatgen `Structure.as_dict()` with numpy, without building a `Structure`.
 
-    `Structure.from_dict` builds a `PeriodicSite`, `Species` and `Composition` per site, about 20x
-    slower than this; the result is the same (tested): positions are the fractional `abc` times the
+    `Structure.from_dict` builds a `PeriodicSite`, `Species` and `Composition` per site: measured
+    0.067 s against 0.006 s for 295 mp2018 structures (11x, 2-core CPU); the result is the same (tested): positions are the fractional `abc` times the
     lattice matrix, exactly as `PeriodicSite.from_dict` computes them (`xyz` is only a cache).
 
     Returns:
