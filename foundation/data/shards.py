@@ -26,13 +26,13 @@ import numpy as np
 
 from .crystal import Crystal
 from .records import Reject
-from .shard_format import FORMAT, SPLITS, VERSION, decode_record, encode_record
-from .statistics import LabelAccumulator, summarize
+from .shard_format import FORMAT, SPLITS, VERSION, decode_record, encode_record, read_manifest
+from .statistics import LabelAccumulator, dataset_statistics, summarize
 from .validate import ValidationConfig
 
-__all__ = ["SplitRule", "write_shards", "cli_main", "sha256_file"]
+__all__ = ["SplitRule", "write_shards", "read_manifest", "dataset_statistics", "cli_main", "sha256_file"]
 
-DEFAULT_EDGE_CUTOFFS = (4.0, 5.0, 6.0, 8.0)  # Å: per-record edge counts for max_edges packing
+DEFAULT_EDGE_CUTOFFS = (4.0, 5.0, 6.0)  # Å: per-record edge counts for max_edges packing
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,9 @@ class _SplitWriter:
                 self.shard_bytes is not None and cur["records"] and cur["bytes"] + nbytes > self.shard_bytes):
             self._close_current()
             name = f"{self.split}-{len(self.shards):06d}.tar"
-            self._writer = wds.TarWriter(str(self.out_dir / name))
+            # a fixed integer mtime: byte-identical shards for identical input (reproducible sha256),
+            # and no per-member PAX header for a fractional time (a third of the writing time)
+            self._writer = wds.TarWriter(str(self.out_dir / name), mtime=0)
             cur = {"file": name, "records": 0, "atoms": 0, "bytes": 0}
             self.shards.append(cur)
             self.sizes[name] = {"n_atoms": [], "n_edges": []}
@@ -122,22 +124,31 @@ class _SplitWriter:
 
 
 def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, *, shard_size: int = 1000,
-                 shard_mb: float | None = None, split: SplitRule = SplitRule(),
-                 validation: ValidationConfig = ValidationConfig(),
+                 fractions: tuple[float, float, float] = (0.9, 0.05, 0.05), seed: int = 0,
+                 group_by_prefix: bool = False, required_targets: tuple[str, ...] = (),
+                 min_distance: float = 0.5, allowed_elements=None, shard_mb: float | None = None,
+                 split: SplitRule | None = None, validation: ValidationConfig | None = None,
                  edge_cutoffs: tuple[float, ...] = DEFAULT_EDGE_CUTOFFS, dedup: bool = True,
                  dedup_against: tuple[str, ...] = (), drop_duplicates: bool = False, workers: int = 1,
                  write_shuffle: int = 10000, reader: dict[str, Any] | None = None,
                  sources: tuple[str, ...] = (), overwrite: bool = False, progress: bool = True) -> dict:
     """Validate, split, deduplicate and write `records` under `out_dir`; returns the manifest.
 
-    `write_shuffle` records are held and written in a seeded random order, so consecutive input
-    records (frames of one trajectory) spread over a shard. `reader` ({"format", options}) and
-    `sources` (input files, hashed) are recorded in the manifest.
+    Split: `fractions` (train, val, test), hash `seed`, `group_by_prefix` (or a whole `split`
+    SplitRule). Validation: `required_targets`, `min_distance` Å, `allowed_elements` (or a whole
+    `validation` ValidationConfig). `write_shuffle` records are held and written in a seeded
+    random order, so consecutive input records (frames of one trajectory) spread over a shard.
+    `reader` ({"format", options}) and `sources` (input files, hashed) go into the manifest.
     """
     from tqdm import tqdm
 
     from .prepare import prepare_records
 
+    if split is None:
+        split = SplitRule(tuple(fractions), seed, group_by_prefix)
+    if validation is None:
+        validation = ValidationConfig(min_distance, None if allowed_elements is None else frozenset(allowed_elements),
+                                      tuple(required_targets))
     out = _prepare_out_dir(Path(out_dir), overwrite)
     shard_bytes = None if shard_mb is None else int(shard_mb * 1e6)
     writers = {s: _SplitWriter(out, s, shard_size, shard_bytes) for s in SPLITS}

@@ -25,7 +25,8 @@ import numpy as np
 
 from .targets import TARGETS, target_info
 
-__all__ = ["LabelAccumulator", "REFERENCE_TARGETS", "solve_references", "combine", "summarize"]
+__all__ = ["LabelAccumulator", "REFERENCE_TARGETS", "solve_references", "combine", "summarize",
+           "dataset_statistics"]
 
 REFERENCE_TARGETS = ("energy", "formation_energy", "energy_per_atom", "formation_energy_per_atom")
 RIDGE = 1e-8  # relative to the mean diagonal of the normal matrix
@@ -180,6 +181,53 @@ def residual_statistics(entry: dict[str, Any], refs: dict[int, float]) -> dict[s
     mean = (dense["sum_z"] - float(dense["sum_b"] @ x)) / n
     second = (dense["sum_z2"] - 2.0 * float(x @ dense["Btz"]) + float(x @ dense["BtB"] @ x)) / n
     return {"mean": mean, "std": math.sqrt(max(second - mean * mean, 0.0)), "count": int(n)}
+
+
+def dataset_statistics(manifests, tasks=None) -> tuple[dict[str, tuple[float, float]], dict[str, dict[int, float]]]:
+    """(normalization {key: (mean, std)}, element_refs {key: {Z: ref}}) in the form
+    `FoundationModel(..., normalization, element_refs)` and `MultiTaskLoss` take.
+
+    `manifests`: {dataset name: manifest dict or shard directory} (or a list of them). The train
+    splits' label sums are combined exactly. Without `tasks` the keys are target names; with
+    `tasks` (TaskSpec-like: name, target, level, kind, datasets, forces_of) they are task names,
+    each task using the datasets it names (all when it names none). Entries follow heads.py:
+    per-atom residual mean/std of a scalar regression label after the element references
+    (references for energy labels only); (0, component RMS) for an atom-level label such as
+    forces; a force task (forces_of) or a classification task gets no entry (the model refuses
+    one); a std that is 0 (one record) becomes 1.
+    """
+    from .shard_format import read_manifest
+
+    named = manifests.items() if isinstance(manifests, dict) else enumerate(manifests)
+    loaded = {name: m if isinstance(m, dict) else read_manifest(m) for name, m in named}
+    if tasks is None:
+        keys = {t: (t, None) for m in loaded.values() for t in m.get("label_sums", {}).get("moments", {})}
+    else:
+        keys = {t.name: (t.target, t) for t in tasks
+                if t.kind == "regression" and getattr(t, "forces_of", None) is None}
+    normalization, element_refs = {}, {}
+    for key, (target, task) in sorted(keys.items()):
+        chosen = [m for name, m in loaded.items()
+                  if task is None or not task.datasets or name in task.datasets]
+        state = combine([m["label_sums"] for m in chosen if "label_sums" in m])
+        moments = state["moments"].get(target)
+        if moments is None or moments[0] == 0:
+            continue
+        info = target_info(target)
+        if state["systems"].get(target) is not None:
+            entry = state["systems"][target]
+            refs = solve_references(entry, target) if target in REFERENCE_TARGETS else {}
+            stats = residual_statistics(entry, refs)
+            if refs:
+                element_refs[key] = refs
+            mean, std = stats["mean"], stats["std"]
+        elif info.level == "atom":
+            mean, std = 0.0, math.sqrt(moments[2] / moments[0])
+        else:  # array-valued structure label (stress, elastic tensor): over all components
+            mean = moments[1] / moments[0]
+            std = math.sqrt(max(moments[2] / moments[0] - mean * mean, 0.0))
+        normalization[key] = (float(mean), float(std) if std > 0 and math.isfinite(std) else 1.0)
+    return normalization, element_refs
 
 
 def known_units() -> dict[str, str]:

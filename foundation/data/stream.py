@@ -12,7 +12,10 @@ rank×worker slots, and every rank gets the same number of batches with no colle
 reads only the part of the epoch stream that holds its batches (one pass, a few shards open),
 decodes its records, builds periodic neighbour graphs (vesin) and collates them. A corrupt or
 truncated shard is skipped from the point it fails, with a warning naming it; its missing records
-are counted (`loader.counters`), their batches are yielded without them, so counts stay equal.
+are counted (`loader.counters`), their batches are yielded without them, and a batch left with
+no readable record is replaced by a repeat of the worker's previous good batch
+(`counters["replaced_batches"]`), so batch counts stay equal on every rank. Only a worker whose
+every batch is unreadable stops the run (a RuntimeError naming the rank).
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ class _EpochDataset(torch.utils.data.IterableDataset):
         left = [len(items) for items in batches]
         readers: dict[tuple, _ShardReader] = {}
         events: Counter = Counter()
-        emit = 0
+        emit, pending, previous = 0, 0, None
         for g in order:
             d, s = int(p.dataset[g]), int(p.shard[g])
             key = (d, int(p.occurrence[g]), s)
@@ -149,16 +152,30 @@ class _EpochDataset(torch.utils.data.IterableDataset):
                     events[f"shard:{reader.url}"] += 1
                 del readers[key]
             while emit < len(batches) and left[emit] == 0:
-                yield self._emit(filled[emit], padding[emit], events), dict(events)
-                events.clear()
+                batch = self._emit(filled[emit], padding[emit], events)
                 filled[emit] = None
                 emit += 1
+                if batch is None:  # every record unreadable: repeat a good batch instead
+                    events["replaced_batches"] += 1
+                    if previous is None:
+                        pending += 1
+                        continue
+                    batch = previous
+                yield batch, dict(events)
+                events.clear()
+                previous = batch
+                for _ in range(pending):  # empties before the first good batch of this worker
+                    yield batch, {}
+                pending = 0
+        if pending:
+            raise RuntimeError(f"rank {self.rank}: every record of this worker's {pending} batch(es) is "
+                               "unreadable (see the warnings about corrupt shards above)")
 
     def _emit(self, members: list, padding: bool, events: Counter):
+        """The collated batch of the readable members, or None when none is readable."""
         present = [(c, d) for c, d in members if c is not None]
         if not present:
-            raise RuntimeError(f"rank {self.rank}: every record of a batch is unreadable (see the "
-                               "warnings about corrupt shards above); no batch can be formed")
+            return None
         graphs = [neighbor_graph(c, self.cutoff, dataset=self.names[d]) for c, d in present]
         if len(graphs) == 1 and (graphs[0].n_atoms > self.max_atoms
                                  or (self.max_edges is not None and graphs[0].n_edges > self.max_edges)):
@@ -208,6 +225,13 @@ class ShardLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = int(epoch), 0
 
+    def batches(self, epoch: int, skip: int = 0) -> Iterator:
+        """Epoch `epoch` from batch `skip` on: the `make(epoch, skip)` that
+        `foundation.train.data.EpochStream` takes (`EpochStream(loader.batches)`)."""
+        self.set_epoch(epoch)
+        self.position = min(int(skip), len(self))
+        return iter(self)
+
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "position": self.position, "world_size": self.world_size,
                 "num_workers": self.config.num_workers, "seed": self.config.seed}
@@ -253,12 +277,13 @@ class ShardLoader:
             yield batch
 
 
-def build_loader(datasets: dict[str, str | list[str]], split: str, config: LoaderConfig, rank: int = 0,
+def build_loader(datasets: dict[str, str | list[str]], split: str, config: LoaderConfig, *, rank: int = 0,
                  world_size: int = 1, epoch: int = 0, dtype: torch.dtype = torch.float32,
-                 position: int = 0) -> ShardLoader:
+                 skip_batches: int = 0) -> ShardLoader:
     """A `ShardLoader` over `datasets` {name: shard directory, manifest URL, or tar URL list/brace
-    pattern}. Each Batch's `datasets` entries are these names. `position`: batches of `epoch`
-    already consumed (resume)."""
+    pattern}. Each Batch's `datasets` entries are these names. `skip_batches`: batches of `epoch`
+    already consumed by this rank (resume); they are not read, the plan says where they end."""
+    position = int(skip_batches)
     if not datasets:
         raise ValueError("build_loader: no datasets given")
     names = list(datasets)

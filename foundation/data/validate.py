@@ -1,6 +1,6 @@
 """Validation of one `Crystal` before it is written to a shard.
 
-`validate(crystal, config)` returns the crystal (possibly with unusable optional labels removed)
+`validate(crystal, config)` (or keywords) returns the crystal (possibly with unusable optional labels removed)
 or a `Reject` whose reason names the offending value. The checks, in order:
 
 1. at least one atom;
@@ -55,8 +55,15 @@ class ValidationConfig:
         object.__setattr__(self, "required_targets", tuple(self.required_targets))
 
 
-def validate(crystal: Crystal, config: ValidationConfig = ValidationConfig(), path: str = "") -> Crystal | Reject:
-    """The crystal if it passes every check (see the module docstring), else a `Reject`."""
+def validate(crystal: Crystal, config: ValidationConfig | None = None, *, min_distance: float = 0.5,
+             required_targets: tuple[str, ...] = (), allowed_elements=None, path: str = "") -> Crystal | Reject:
+    """The crystal if it passes every check (see the module docstring), else a `Reject`.
+
+    The thresholds come from `config`, or when it is None from the keywords (min_distance Å,
+    required_targets, allowed_elements: atomic numbers or None for 1..118)."""
+    if config is None:
+        config = ValidationConfig(min_distance, None if allowed_elements is None else frozenset(allowed_elements),
+                                  tuple(required_targets))
     for check in (_check_atoms, _check_finite, _check_cell, _check_elements, _check_arrays):
         reason = check(crystal, config)
         if reason:
