@@ -3,7 +3,10 @@
     foundation shard --format oqmd --input ../shared/data/oqmd/formationenergy.jsonl.gz --out shards/oqmd
 
 For each record read: validate (`foundation.data.validate`) -> split by a hash of its key (or of
-its group) -> look for a duplicate structure (`foundation.data.fingerprint`) -> shuffle within a
+its group) -> look for a duplicate structure of another source, in the input or in the
+`--dedup-against` directories (`foundation.data.fingerprint`; a database's own records are never
+compared with each other: they have distinct ids, and MD frames would cost a StructureMatcher
+call per pair) -> shuffle within a
 write buffer -> append to `<split>-NNNNNN.tar`. Rejected records (bad input, or duplicates with
 `--drop-duplicates`) go to `rejects.jsonl`; read = written + rejected is asserted. The manifest
 (format in shards/README.md) holds counts, sha256 per shard, label statistics and element
@@ -152,7 +155,7 @@ def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, *, sh
     out = _prepare_out_dir(Path(out_dir), overwrite)
     shard_bytes = None if shard_mb is None else int(shard_mb * 1e6)
     writers = {s: _SplitWriter(out, s, shard_size, shard_bytes) for s in SPLITS}
-    index, origin = _reference_index(dedup_against, split) if dedup else (None, {})
+    index, origin = _reference_index(dedup_against) if dedup else (None, {})
     stats, elements, dropped_labels = LabelAccumulator(), Counter(), Counter()
     counts = Counter()
     duplicates: list[dict[str, Any]] = []
@@ -183,7 +186,9 @@ def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, *, sh
             dropped_labels.update(dropped)
             name = split.assign(crystal)
             if index is not None:
-                group = split.group(crystal) if split.group_by_prefix else ""
+                # one database's records never duplicate each other (distinct ids; MD frames would
+                # cost a StructureMatcher call per pair of frames): only other sources are compared
+                group = crystal.source
                 hit = index.find(crystal, fp, group)
                 if hit is not None:
                     where = origin.get(hit, "input")
@@ -213,7 +218,7 @@ def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, *, sh
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / "manifest.json")  # the manifest appears last: its presence means complete
-    return manifest
+    return read_manifest(out)  # as readers see it: integer element keys, "base"
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
@@ -226,7 +231,7 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
     return out
 
 
-def _reference_index(dirs: tuple[str, ...], split: SplitRule):
+def _reference_index(dirs: tuple[str, ...]):
     """A DuplicateIndex holding every record of the shard directories `dirs` (all splits)."""
     from webdataset.tariterators import tarfile_samples
 
@@ -240,8 +245,7 @@ def _reference_index(dirs: tuple[str, ...], split: SplitRule):
             for entry in entries:
                 for sample in tarfile_samples([{"url": shard_location(manifest["base"], entry["file"])}]):
                     crystal = decode_record(sample)
-                    group = split.group(crystal) if split.group_by_prefix else ""
-                    index.add(crystal.key, crystal, fingerprint(crystal), group)
+                    index.add(crystal.key, crystal, fingerprint(crystal), crystal.source)
                     origin[crystal.key] = str(d)
     return index, origin
 

@@ -1,0 +1,213 @@
+"""Shard writer: real-data round trip, rejects, split stability, duplicates, statistics, CLI."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from foundation.data.crystal import Crystal
+from foundation.data.records import Reject
+from foundation.data.shard_format import decode_record
+from foundation.data.shards import SplitRule, cli_main, dataset_statistics, read_manifest, sha256_file, write_shards
+from foundation.data.validate import validate
+
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+OQMD = DATA / "oqmd" / "formationenergy.jsonl.gz"
+LIPS = DATA / "lips" / "frames.extxyz"
+OC20_XYZ = DATA / "oc20_format" / "toy_c3h8_relax.extxyz"
+
+
+def read_shard_dir(out: Path) -> dict[str, tuple[str, Crystal]]:
+    """{key: (split, crystal)} of every record in a shard directory, via tarfile (not our reader)."""
+    manifest = read_manifest(out)
+    found = {}
+    for split, entries in manifest["shards"].items():
+        for entry in entries:
+            assert sha256_file(out / entry["file"]) == entry["sha256"]
+            with tarfile.open(out / entry["file"]) as tar:
+                samples: dict[str, dict] = {}
+                for member in tar.getmembers():
+                    key, _, suffix = member.name.partition(".")
+                    assert suffix.endswith((".npy", ".json")), member.name  # never pickle
+                    samples.setdefault(key, {"__key__": key})[suffix] = tar.extractfile(member).read()
+            assert len(samples) == entry["records"]
+            for sample in samples.values():
+                c = decode_record(sample)
+                assert c.key not in found
+                found[c.key] = (split, c)
+    return found
+
+
+def assert_same(a: Crystal, b: Crystal) -> None:
+    np.testing.assert_array_equal(a.numbers, b.numbers)
+    for name in ("positions", "cell", "pbc"):
+        got, want = getattr(a, name), getattr(b, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    assert sorted(a.targets) == sorted(b.targets) and sorted(a.arrays) == sorted(b.arrays)
+    for name, value in b.targets.items():
+        assert np.array_equal(np.asarray(a.targets[name], np.float64), np.asarray(value, np.float64)), name
+    for name, value in b.arrays.items():
+        assert np.array_equal(a.arrays[name], value), name
+
+
+@pytest.mark.parametrize("path", [OQMD, LIPS, OC20_XYZ], ids=["oqmd", "lips", "oc20_extxyz"])
+def test_real_file_round_trip_is_exact(tmp_path, path):
+    from foundation.data import readers
+
+    records = list(readers.read(path))
+    manifest = write_shards(records, tmp_path, shard_size=64, progress=False, sources=(str(path),),
+                            reader={"format": readers.detect_format(path)})
+    c = manifest["counts"]
+    rejected = [json.loads(line) for line in open(tmp_path / "rejects.jsonl")]
+    assert c["read"] == len(records) == c["written"] + c["rejected"] and c["rejected"] == len(rejected)
+    assert sum(s["records"] for s in c["splits"].values()) == c["written"]
+    found = read_shard_dir(tmp_path)
+    assert len(found) == c["written"]
+    rejected_keys = {f"{r['source']}:{r['id']}" for r in rejected}
+    for original in records:
+        if original.key in rejected_keys:
+            continue
+        assert_same(found[original.key][1], validate(original))
+    assert manifest["sources"][0]["files"][0]["sha256"] == sha256_file(path)
+    train_atoms = sum(c.n_atoms for split, c in found.values() if split == "train")
+    assert sum(s["atoms"] for s in manifest["shards"]["train"]) == train_atoms == c["splits"]["train"]["atoms"]
+
+
+def crystal(numbers, positions, cell=8.0, key="x", source="syn", **targets) -> Crystal:
+    return Crystal(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=float),
+                   cell=np.eye(3) * cell, pbc=np.array([True, True, True]), targets=targets, id=key, source=source)
+
+
+def test_bad_records_go_to_rejects_with_reasons(tmp_path):
+    good = crystal([14, 14], [[0, 0, 0], [2.3, 0, 0]], key="good", energy=-10.0)
+    records = [
+        good,
+        crystal([14, 14], [[0, 0, 0], [np.nan, 0, 0]], key="nan"),
+        crystal([14, 14], [[0, 0, 0], [0.21, 0, 0]], key="overlap"),
+        crystal([14, 14], [[0, 0, 0], [7.9, 0, 0]], key="image_overlap"),  # 0.1 Å through the boundary
+        crystal([14, 0], [[0, 0, 0], [2, 0, 0]], key="z0"),
+        crystal([14, 200], [[0, 0, 0], [2, 0, 0]], key="z200"),
+        crystal([], np.zeros((0, 3)), key="empty"),
+        Reject("unparsable", "syn", "reader: bad JSON", "in.json"),
+        crystal([14, 14], [[0, 0, 0], [2.3, 0, 0]], key="nolabel"),
+    ]
+    manifest = write_shards(records, tmp_path, required_targets=("energy",), progress=False)
+    assert manifest["counts"]["read"] == 9 and manifest["counts"]["written"] == 1
+    reasons = {r["id"]: r["reason"] for r in map(json.loads, open(tmp_path / "rejects.jsonl"))}
+    assert "non-finite coordinates" in reasons["nan"] and "nan" in reasons["nan"]
+    assert "0.21 Å apart" in reasons["overlap"] and "min_distance=0.5" in reasons["overlap"]
+    assert "0.1 Å apart" in reasons["image_overlap"]
+    assert "Z=0" in reasons["z0"] and "Z=200" in reasons["z200"]
+    assert reasons["empty"] == "no atoms" and reasons["unparsable"] == "reader: bad JSON"
+    assert "missing required label 'energy'" in reasons["nolabel"]
+
+
+def test_splits_are_stable_when_data_is_added_and_groups_stay_together(tmp_path):
+    rule = SplitRule((0.6, 0.2, 0.2), seed=3)
+    frames = [crystal([1], [[0, 0, 0]], key=f"sys{i // 10}:{i % 10}") for i in range(200)]
+    first = {c.key: rule.assign(c) for c in frames[:100]}
+    assert {c.key: rule.assign(c) for c in frames[:100]} == first  # pure function of key and seed
+    counts = {s: list(first.values()).count(s) for s in ("train", "val", "test")}
+    assert 40 <= counts["train"] <= 80 and counts["val"] > 5 and counts["test"] > 5
+    grouped = SplitRule((0.6, 0.2, 0.2), seed=3, group_by_prefix=True)
+    for g in range(20):
+        assert len({grouped.assign(c) for c in frames[10 * g:10 * g + 10]}) == 1
+    small = write_shards(frames[:100], tmp_path / "a", fractions=(0.6, 0.2, 0.2), seed=3, dedup=False,
+                         progress=False, shard_size=7)
+    big = write_shards(frames, tmp_path / "b", fractions=(0.6, 0.2, 0.2), seed=3, dedup=False,
+                       progress=False, shard_size=7)
+    a, b = read_shard_dir(tmp_path / "a"), read_shard_dir(tmp_path / "b")
+    assert all(b[k][0] == a[k][0] == first[k] for k in a)
+    assert small["split_rule"]["seed"] == 3 and big["counts"]["written"] == 200
+
+
+def test_element_references_and_per_atom_statistics_recover_synthetic_truth(tmp_path):
+    rng = np.random.default_rng(1)
+    refs = {3: -1.9, 8: -4.9, 26: -8.3, 14: -5.4}
+    records = []
+    for i in range(300):
+        n = int(rng.integers(2, 9))
+        numbers = rng.choice(list(refs), n)
+        positions = np.stack(np.meshgrid(*[np.arange(2)] * 3), -1).reshape(-1, 3)[:n] * 2.5
+        base = sum(refs[int(z)] for z in numbers)
+        noise = rng.normal(0, 0.01)
+        forces = rng.normal(0, 0.3, (n, 3))
+        records.append(crystal(numbers, positions, cell=5.0, key=str(i), energy=base + n * noise,
+                               formation_energy_per_atom=base / n + noise, forces=forces))
+    manifest = write_shards(records, tmp_path, fractions=(1, 0, 0), progress=False, dedup=False)
+    for target in ("energy", "formation_energy_per_atom"):
+        got = manifest["element_references"][target]
+        assert max(abs(got[z] - ref) for z, ref in refs.items()) < 5e-3, (target, got)
+        assert abs(manifest["residuals"][target]["mean"]) < 3e-3
+        assert abs(manifest["residuals"][target]["std"] - 0.01) < 2e-3
+    assert abs(manifest["targets"]["forces"]["std"] - 0.3) < 0.02  # component RMS
+    normalization, element_refs = dataset_statistics({"syn": tmp_path})
+    assert element_refs["energy"].keys() == refs.keys()
+    assert normalization["forces"][0] == 0.0 and normalization["energy"][1] == pytest.approx(0.01, abs=2e-3)
+
+    from foundation.model.tasks import TaskSpec
+
+    tasks = [TaskSpec.for_target("energy", name="e"), TaskSpec.for_target("forces", name="f", forces_of="e"),
+             TaskSpec.for_target("formation_energy_per_atom", name="ef", datasets=("other",))]
+    normalization, element_refs = dataset_statistics({"syn": tmp_path}, tasks)
+    assert set(normalization) == {"e"} and set(element_refs) == {"e"}  # f: from e; ef: no data
+
+
+def test_statistics_of_two_directories_combine_exactly(tmp_path):
+    rng = np.random.default_rng(2)
+    records = [crystal(rng.choice([1, 8], 3), [[0, 0, 0], [1.5, 0, 0], [0, 1.5, 0]], key=str(i),
+                       energy=float(rng.normal(-10, 2)), band_gap=float(rng.random())) for i in range(80)]
+    kwargs = dict(fractions=(1, 0, 0), progress=False, dedup=False)
+    write_shards(records[:30], tmp_path / "a", **kwargs)
+    write_shards(records[30:], tmp_path / "b", **kwargs)
+    write_shards(records, tmp_path / "all", **kwargs)
+    (norm_split, refs_split), (norm_all, refs_all) = (
+        dataset_statistics({"a": tmp_path / "a", "b": tmp_path / "b"}), dataset_statistics({"all": tmp_path / "all"}))
+    assert norm_split.keys() == norm_all.keys() == {"energy", "band_gap"}
+    for key in norm_all:
+        np.testing.assert_allclose(norm_split[key], norm_all[key], rtol=1e-9, atol=1e-12)
+    assert refs_split["energy"].keys() == refs_all["energy"].keys() == {1, 8}
+    for z in (1, 8):
+        assert refs_split["energy"][z] == pytest.approx(refs_all["energy"][z], rel=1e-9)
+
+
+def test_duplicates_across_databases_are_found_and_optionally_dropped(tmp_path):
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.core.operations import SymmOp
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cscl = Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    write_shards([Crystal.from_pymatgen(nacl, id="mp-22862", source="mp"),
+                  Crystal.from_pymatgen(cscl, id="mp-573", source="mp")], tmp_path / "mp", progress=False)
+    other = nacl.get_primitive_structure()
+    other.scale_lattice(other.volume * 1.02)  # another code's relaxation, primitive cell, rotated order
+    other.apply_operation(SymmOp.from_axis_angle_and_translation([1, 1, 0], 33.0))
+    polymorph = Structure.from_spacegroup("F-43m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    records = [Crystal.from_pymatgen(other, id="1", source="oqmd"),
+               Crystal.from_pymatgen(polymorph, id="2", source="oqmd")]
+    manifest = write_shards(records, tmp_path / "oqmd", dedup_against=(str(tmp_path / "mp"),), progress=False)
+    against = manifest["counts"]["duplicates"]["against"]
+    assert against == {str(tmp_path / "mp"): 1} and manifest["counts"]["written"] == 2
+    listed = [json.loads(line) for line in open(tmp_path / "oqmd" / "duplicates.jsonl")]
+    assert [(d["key"], d["duplicate_of"]) for d in listed] == [("oqmd:1", "mp:mp-22862")]
+    dropped = write_shards(records, tmp_path / "oqmd2", dedup_against=(str(tmp_path / "mp"),),
+                           drop_duplicates=True, progress=False)
+    assert dropped["counts"]["written"] == 1 and dropped["counts"]["rejected"] == 1
+
+
+def test_cli_shards_a_real_file(tmp_path, capsys):
+    out = tmp_path / "oqmd"
+    assert cli_main(["--format", "oqmd", "--input", str(OQMD), "--out", str(out), "--shard-size", "50",
+                     "--quiet"], "shard") == 0
+    manifest = read_manifest(out)
+    assert manifest["counts"]["read"] == 200 and manifest["reader"]["format"] == "oqmd"
+    assert "read 200" in capsys.readouterr().err
+    with pytest.raises(FileExistsError):
+        cli_main(["--format", "oqmd", "--input", str(OQMD), "--out", str(out), "--quiet"], "shard")
+    sizes = np.load(out / "sizes.npz", allow_pickle=False)
+    first = manifest["shards"]["train"][0]["file"]
+    assert len(sizes[f"{first}/n_atoms"]) == manifest["shards"]["train"][0]["records"]
