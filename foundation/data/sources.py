@@ -51,7 +51,10 @@ def resolve_sources(name: str, spec: str | list[str], split: str, cutoff: float,
     """The shards of dataset `name` for `split`, with per-record atoms (and edges at `cutoff`)."""
     urls = _expand(spec)
     if urls is None:
-        manifest = read_manifest(spec)
+        try:
+            manifest = read_manifest(spec)
+        except OSError as exc:
+            raise FileNotFoundError(f"dataset {name!r}: no shard manifest at {spec} ({exc})") from exc
         shards = manifest["shards"].get(split)
         if not shards:
             raise ValueError(f"dataset {name!r}: {manifest['base']} has no {split!r} shards "

@@ -286,6 +286,8 @@ def build_loader(datasets: dict[str, str | list[str]], split: str, config: Loade
     position = int(skip_batches)
     if not datasets:
         raise ValueError("build_loader: no datasets given")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world size {world_size}")
     names = list(datasets)
     sources = [resolve_sources(name, datasets[name], split, config.cutoff, config.max_edges is not None)
                for name in names]

@@ -1,0 +1,206 @@
+"""Streaming loader: exactly-once epochs over ranks and workers, equal batch counts, packing
+budgets, temperature mixing, corrupt shards, and resuming mid-epoch."""
+
+import logging
+import multiprocessing as mp
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shard_fixtures import synthetic
+
+from foundation.data import Crystal
+from foundation.data.graph import neighbor_graph
+from foundation.data.packing import SourceSizes, mixture_counts, plan_epoch, worker_batches
+from foundation.data.shards import SplitRule, write_shards
+from foundation.data.stream import LoaderConfig, build_loader
+
+ALL_TRAIN = SplitRule(fractions=(1.0, 0.0, 0.0))
+
+
+@pytest.fixture(scope="module")
+def three_shards(tmp_path_factory):
+    """25 records in 3 train shards (10, 10, 5)."""
+    out = tmp_path_factory.mktemp("three")
+    write_shards(synthetic(25, seed=1), out, shard_size=10, split=ALL_TRAIN, dedup=False, progress=False)
+    return out
+
+
+def _epoch_ids(shards, rank, world_size, workers, epoch=0):
+    config = LoaderConfig(cutoff=4.0, max_atoms=30, num_workers=workers, shuffle_buffer=8)
+    loader = build_loader({"synth": str(shards)}, "train", config, rank=rank, world_size=world_size, epoch=epoch)
+    batches = [b.ids for b in loader]
+    return len(loader), batches
+
+
+def _rank_process(shards, rank, world_size, workers, queue):
+    queue.put((rank, _epoch_ids(shards, rank, world_size, workers)))
+
+
+def test_two_ranks_two_workers_see_every_record_once(three_shards):
+    """2 spawned processes x 2 DataLoader workers = 4 slots over 3 shards."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank_process, args=(three_shards, r, 2, 2, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    (len0, batches0), (len1, batches1) = results[0], results[1]
+    assert len(batches0) == len(batches1) == len0 == len1
+    seen = [i for b in batches0 + batches1 for i in b]
+    assert sorted(seen) == sorted(f"synth:s{i}" for i in range(25))
+    # the same plan in one process, no workers: the same batches in the same order
+    assert _epoch_ids(three_shards, 0, 2, 2)[1] == batches0
+
+
+def test_batches_hold_the_budget_and_an_oversize_structure_gets_its_own(tmp_path, caplog):
+    crystals = synthetic(30, seed=2)
+    largest = max(crystals, key=lambda c: c.n_atoms)
+    big = Crystal.from_ase(largest.to_ase().repeat((2, 2, 2)), targets={"band_gap": 1.0}, id="big", source="synth")
+    write_shards(crystals + [big], tmp_path, shard_size=7, split=ALL_TRAIN, dedup=False, progress=False)
+    budget = 2 * largest.n_atoms  # every structure fits but the 8x supercell
+    config = LoaderConfig(cutoff=4.0, max_atoms=budget, shuffle_buffer=5)
+    with caplog.at_level(logging.WARNING, logger="foundation.data"):
+        batches = list(build_loader({"x": str(tmp_path)}, "train", config))
+    assert sorted(i for b in batches for i in b.ids) == sorted(c.key for c in crystals + [big])
+    over = [b for b in batches if int(b.n_atoms.sum()) > budget]
+    assert len(over) == 1 and over[0].ids == ["synth:big"]
+    assert "synth:big" in caplog.text and "over the batch budget" in caplog.text
+    assert len(batches) < 20  # packed, not one structure a batch
+
+
+def test_edge_budget_uses_the_stored_upper_bound(tmp_path):
+    crystals = synthetic(20, seed=3)
+    manifest = write_shards(crystals, tmp_path, split=ALL_TRAIN, dedup=False, progress=False)
+    edges = {c.key: neighbor_graph(c, 4.5).n_edges for c in crystals}
+    config = LoaderConfig(cutoff=4.5, max_atoms=10_000, max_edges=max(edges.values()) + 50, shuffle_buffer=4)
+    batches = list(build_loader({"x": str(tmp_path)}, "train", config))
+    assert sorted(i for b in batches for i in b.ids) == sorted(edges)
+    assert all(b.n_edges <= config.max_edges for b in batches)
+    assert sum(b.n_edges for b in batches) == sum(edges.values())
+    assert manifest["sizes"]["edge_cutoffs"][0] >= 4.0
+    with pytest.raises(ValueError, match="none >= the loader's 9.0"):
+        build_loader({"x": str(tmp_path)}, "train", LoaderConfig(cutoff=9.0, max_edges=100))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 300), max_size=40), min_size=1, max_size=4),
+       st.integers(1, 6), st.integers(1, 4), st.integers(100, 700), st.integers(0, 5))
+def test_plan_is_exactly_once_with_equal_counts(shards, world_size, workers, max_atoms, epoch):
+    sizes = SourceSizes("a", tuple(f"s{i}" for i in range(len(shards))), tuple(np.array(s) for s in shards))
+    n = sizes.n_records
+    if n == 0:  # an empty split: no batch on any rank
+        plan = plan_epoch([sizes], epoch=epoch, seed=0, world_size=world_size, n_workers=workers, max_atoms=max_atoms)
+        assert plan.batches_per_rank == 0 and len(plan.rank_batches) == world_size
+        return
+    if n < world_size:
+        with pytest.raises(ValueError, match="cannot give every one"):
+            plan_epoch([sizes], epoch=epoch, seed=0, world_size=world_size, n_workers=workers, max_atoms=max_atoms)
+        return
+    plan = plan_epoch([sizes], epoch=epoch, seed=0, world_size=world_size, n_workers=workers,
+                      max_atoms=max_atoms, shuffle_buffer=16)
+    k = plan.batches_per_rank
+    seen = []
+    for rank in range(world_size):
+        assert len(plan.rank_batches[rank]) == k
+        served = sorted(b for w in range(workers) for b in worker_batches(plan, rank, w, workers))
+        assert served == list(range(k))
+        for batch, padding in zip(plan.rank_batches[rank], plan.padding[rank]):
+            assert len(batch) == 1 or plan.atoms[batch].sum() <= max_atoms
+            if not padding:
+                seen.extend(batch.tolist())
+    assert sorted(seen) == list(range(n))
+    assert sorted(zip(plan.shard.tolist(), plan.record.tolist())) == [
+        (s, r) for s, rec in enumerate(shards) for r in range(len(rec))]
+
+
+def test_temperature_sampling_proportions(tmp_path):
+    n = {"big": 120, "small": 15}
+    for i, (name, count) in enumerate(n.items()):
+        write_shards(synthetic(count, seed=10 + i, id_prefix=name), tmp_path / name, shard_size=40,
+                     split=ALL_TRAIN, dedup=False, progress=False)
+    temperature = 2.0
+    p = np.array([120, 15]) ** (1 / temperature)
+    p /= p.sum()
+    assert mixture_counts([120, 15], temperature).tolist() == np.round(135 * p).astype(int).tolist()
+    config = LoaderConfig(cutoff=4.0, max_atoms=60, temperature=temperature, shuffle_buffer=32)
+    loader = build_loader({k: str(tmp_path / k) for k in n}, "train", config)
+    draws = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        draws += [d for b in loader for d in b.datasets]
+    frac = np.mean(np.array(draws) == "small")
+    sigma = np.sqrt(p[1] * (1 - p[1]) / len(draws))
+    assert abs(frac - p[1]) < 4 * sigma + 1e-9, (frac, p[1])
+    assert frac > 2 * 15 / 135  # T=2 upsamples the small dataset
+
+
+def test_truncated_shard_is_skipped_warned_and_counted(three_shards, tmp_path, caplog):
+    broken = tmp_path / "broken"
+    shutil.copytree(three_shards, broken)
+    tar = broken / "train-000001.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 3])
+    reference = _epoch_ids(three_shards, 0, 1, 0)
+    config = LoaderConfig(cutoff=4.0, max_atoms=30, shuffle_buffer=8)
+    loader = build_loader({"synth": str(broken)}, "train", config)
+    with caplog.at_level(logging.WARNING, logger="foundation.data"):
+        batches = [b.ids for b in loader]
+    assert len(batches) == reference[0]  # the batch count never changes
+    got = [i for b in batches for i in b]
+    assert len(got) == len(set(got)) and set(got) < {i for b in reference[1] for i in b}
+    assert loader.counters["missing_records"] == 25 - len(got) > 0
+    assert loader.counters["corrupt_shards"] == 1 and any("train-000001.tar" in u for u in loader.corrupt_shards)
+    assert "train-000001.tar" in caplog.text
+
+
+def test_resume_mid_epoch_gives_the_remaining_batches(three_shards):
+    config = LoaderConfig(cutoff=4.0, max_atoms=30, num_workers=2, shuffle_buffer=8)
+    full = build_loader({"synth": str(three_shards)}, "train", config, epoch=1)
+    whole = [b.ids for b in full]
+    first = build_loader({"synth": str(three_shards)}, "train", config, epoch=1)
+    stream = iter(first)
+    head = [next(stream).ids for _ in range(3)]
+    state = first.state_dict()
+    assert state["position"] == 3 and state["epoch"] == 1
+    resumed = build_loader({"synth": str(three_shards)}, "train", config)
+    resumed.load_state_dict(state)
+    assert head + [b.ids for b in resumed] == whole
+    assert [b.ids for b in build_loader({"synth": str(three_shards)}, "train", config, epoch=2)] != whole
+
+
+def test_brace_pattern_urls_with_and_without_a_manifest(three_shards, tmp_path):
+    pattern = f"file://{three_shards}/train-{{000000..000002}}.tar"
+    config = LoaderConfig(cutoff=4.0, max_atoms=30, shuffle=False)
+    with_manifest = [b.ids for b in build_loader({"u": pattern}, "train", config)]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for tar in three_shards.glob("train-*.tar"):
+        shutil.copy(tar, bare / tar.name)
+    urls = [str(p) for p in sorted(bare.glob("*.tar"))]
+    without = [b.ids for b in build_loader({"u": urls}, "train", config)]
+    assert with_manifest == without
+    assert sorted(i for b in without for i in b) == sorted(f"synth:s{i}" for i in range(25))
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="max_atoms"):
+        LoaderConfig(max_atoms=0)
+    with pytest.raises(ValueError, match="temperature"):
+        LoaderConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="rank 2 outside world size 2"):
+        build_loader({"x": "unused"}, "train", LoaderConfig(), rank=2, world_size=2)
+    with pytest.raises(FileNotFoundError, match="dataset 'x': no shard manifest at /nonexistent"):
+        build_loader({"x": "/nonexistent"}, "train", LoaderConfig())
+
+
+def test_batches_carry_dataset_names_and_dtype(three_shards):
+    config = LoaderConfig(cutoff=4.0, max_atoms=30)
+    batch = next(iter(build_loader({"mine": str(three_shards)}, "train", config, dtype=torch.float64)))
+    assert set(batch.datasets) == {"mine"} and batch.positions.dtype == torch.float64
+    assert batch.tags is not None and "forces" in batch.targets and batch.masks["forces"].all()
