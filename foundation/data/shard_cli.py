@@ -37,6 +37,8 @@ def parse_args(argv: list[str], command: str = "shard") -> argparse.Namespace:
     p.add_argument("--no-dedup", action="store_true", help="skip the duplicate search")
     p.add_argument("--dedup-against", nargs="*", default=[], metavar="DIR", help="other shard directories")
     p.add_argument("--drop-duplicates", action="store_true", help="reject duplicates instead of only reporting")
+    p.add_argument("--dedup-within-source", action="store_true",
+                   help="also compare records of one source with each other (not for MD/relaxation frames)")
     p.add_argument("--workers", type=int, default=1, help="processes for validation and fingerprints")
     p.add_argument("--write-shuffle", type=int, default=10000, help="records held to shuffle the write order")
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
@@ -75,7 +77,8 @@ def main(argv: list[str], command: str = "shard") -> int:
         split=SplitRule(tuple(args.fractions), args.seed, args.group_by_prefix),
         validation=ValidationConfig(args.min_distance, elements, tuple(args.require)),
         edge_cutoffs=tuple(args.edge_cutoffs), dedup=not args.no_dedup, dedup_against=tuple(args.dedup_against),
-        drop_duplicates=args.drop_duplicates, workers=args.workers, write_shuffle=args.write_shuffle,
+        drop_duplicates=args.drop_duplicates, dedup_within_source=args.dedup_within_source,
+        workers=args.workers, write_shuffle=args.write_shuffle,
         reader={"format": fmt, "options": options, "limit": args.limit}, sources=tuple(args.input),
         overwrite=args.overwrite, progress=not args.quiet)
     c = manifest["counts"]

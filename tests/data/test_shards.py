@@ -249,3 +249,23 @@ def test_real_files_stream_back_exactly_through_the_loader(tmp_path):
                 assert edges == neighbor_graph(want, 4.0).n_edges
             seen.extend(batch.ids)
     assert sorted(seen) == sorted(originals) and len(originals) == 400
+
+
+def test_duplicates_within_one_source_on_request(tmp_path):
+    from pymatgen.core import Lattice, Structure
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    primitive = nacl.get_primitive_structure()
+    primitive.scale_lattice(primitive.volume * 1.03)
+    records = [Crystal.from_pymatgen(nacl, id="a:1", source="db"), Crystal.from_pymatgen(primitive, id="b:1", source="db"),
+               Crystal.from_pymatgen(primitive, id="a:2", source="db")]
+    default = write_shards(records, tmp_path / "default", progress=False)
+    assert default["counts"]["duplicates"]["within_input"] == 0 and not default["counts"]["duplicates"]["within_source"]
+    within = write_shards(records, tmp_path / "within", dedup_within_source=True, progress=False)
+    assert within["counts"]["duplicates"]["within_input"] == 2 and within["counts"]["written"] == 3
+    listed = [json.loads(line) for line in open(tmp_path / "within" / "duplicates.jsonl")]
+    assert [(d["key"], d["duplicate_of"]) for d in listed] == [("db:b:1", "db:a:1"), ("db:a:2", "db:a:1")]
+    # frames of one group (id prefix "a") are never compared with each other
+    grouped = write_shards(records, tmp_path / "grouped", dedup_within_source=True, group_by_prefix=True,
+                           progress=False)
+    assert [json.loads(line)["key"] for line in open(tmp_path / "grouped" / "duplicates.jsonl")] == ["db:b:1"]
