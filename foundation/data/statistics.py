@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .targets import TARGETS, target_info
+from .targets import target_info
 
 __all__ = ["LabelAccumulator", "REFERENCE_TARGETS", "solve_references", "combine", "summarize",
            "dataset_statistics"]
@@ -123,11 +123,8 @@ def combine(states: list[dict[str, Any]]) -> dict[str, Any]:
                 systems[name] = dense
                 continue
             acc = systems[name]
-            for key, value in dense.items():
-                if key in acc:
-                    acc[key] = acc[key] + value
-                else:  # CtC present in one state only cannot happen for one label name
-                    acc[key] = value
+            for key, value in dense.items():  # same label name: same keys (CtC only for energies)
+                acc[key] = acc[key] + value if key in acc else value
     acc = LabelAccumulator()
     acc.moments = moments
     for name, s in systems.items():
@@ -228,7 +225,3 @@ def dataset_statistics(manifests, tasks=None) -> tuple[dict[str, tuple[float, fl
             std = math.sqrt(max(moments[2] / moments[0] - mean * mean, 0.0))
         normalization[key] = (float(mean), float(std) if std > 0 and math.isfinite(std) else 1.0)
     return normalization, element_refs
-
-
-def known_units() -> dict[str, str]:
-    return {name: info.unit for name, info in TARGETS.items()}
