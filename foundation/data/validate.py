@@ -35,6 +35,7 @@ from .targets import TARGETS
 __all__ = ["ValidationConfig", "validate", "min_pair_distance"]
 
 MAX_Z = 118
+SEARCH_CUTOFF = 2.0  # Å, smallest neighbour-search radius of the distance check (speed only)
 
 
 @dataclass(frozen=True)
@@ -162,9 +163,13 @@ def min_pair_distance(crystal: Crystal, threshold: float) -> tuple[int, int, flo
     if crystal.n_atoms == 1 and not crystal.pbc.any():
         return None
     box = _search_box(crystal.cell, crystal.pbc, crystal.positions)
-    i, j, d = NeighborList(cutoff=float(threshold), full_list=False).compute(
+    # vesin's cell list has cells of the cutoff's size: at 0.5 Å a 1000 Å^3 cell has 8000 of them
+    # (430 µs a mp2018 record); searching to 2 Å and filtering costs 110 µs (measured)
+    i, j, d = NeighborList(cutoff=max(float(threshold), SEARCH_CUTOFF), full_list=False).compute(
         points=crystal.positions, box=box, periodic=crystal.pbc.tolist(), quantities="ijd")
-    if len(d) == 0:
+    close = np.flatnonzero(np.asarray(d) < threshold)
+    if len(close) == 0:
         return None
+    i, j, d = np.asarray(i)[close], np.asarray(j)[close], np.asarray(d)[close]
     k = int(np.argmin(d))
     return int(i[k]), int(j[k]), float(d[k])
