@@ -204,3 +204,25 @@ def test_batches_carry_dataset_names_and_dtype(three_shards):
     batch = next(iter(build_loader({"mine": str(three_shards)}, "train", config, dtype=torch.float64)))
     assert set(batch.datasets) == {"mine"} and batch.positions.dtype == torch.float64
     assert batch.tags is not None and "forces" in batch.targets and batch.masks["forces"].all()
+
+
+def test_a_wholly_unreadable_shard_keeps_the_batch_count(three_shards, tmp_path, caplog):
+    """Batches whose every record sat in a destroyed shard repeat a good batch (counted)."""
+    broken = tmp_path / "zeroed"
+    shutil.copytree(three_shards, broken)
+    first = broken / "train-000000.tar"
+    first.write_bytes(b"\0" * first.stat().st_size)
+    config = LoaderConfig(cutoff=4.0, max_atoms=30, shuffle=False, interleave=1)
+    loader = build_loader({"synth": str(broken)}, "train", config)
+    with caplog.at_level(logging.WARNING, logger="foundation.data"):
+        batches = [b.ids for b in loader]
+    assert len(batches) == len(loader) == len(build_loader({"synth": str(three_shards)}, "train", config))
+    assert loader.counters["replaced_batches"] > 0 and loader.counters["missing_records"] == 10
+    from webdataset.tariterators import tarfile_samples
+
+    from foundation.data.shard_format import decode_record
+
+    lost = {decode_record(x).key for x in tarfile_samples([{"url": str(three_shards / "train-000000.tar")}])}
+    assert len(lost) == 10
+    assert {i for b in batches for i in b} == {f"synth:s{i}" for i in range(25)} - lost
+    assert "train-000000.tar" in caplog.text
