@@ -8,7 +8,10 @@
 
 Records, not shards, are split between ranks and workers (`foundation.data.packing`): the plan
 is computed from the manifests alone, identically in every process, so three shards feed four
-rank×worker slots, and every rank gets the same number of batches with no collective. A worker
+rank×worker slots, and every rank gets the same number of batches with no collective. This is the
+explicit node/worker split: webdataset's shard-level `split_by_node`/`split_by_worker` are not
+used, because splitting shards leaves slots idle and batch counts unequal when shards do not
+divide evenly; rank and world size are passed in, the worker comes from `get_worker_info()`. A worker
 reads only the part of the epoch stream that holds its batches (one pass, a few shards open),
 decodes its records, builds periodic neighbour graphs (vesin) and collates them. A corrupt or
 truncated shard is skipped from the point it fails, with a warning naming it; its missing records
