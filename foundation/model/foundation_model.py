@@ -43,6 +43,13 @@ class FoundationModel(nn.Module):
         dtype: parameter dtype to build in (torch's default if None; float64 for exact tests).
     """
 
+    # Training opt-in (set by foundation.train): predict each force task only on records of its
+    # own `datasets`, all force tasks in ONE backward pass through the encoder (the gradient of
+    # Σ_k E_k summed over task k's records; structures are disjoint graphs, so every atom gets its
+    # own dataset's forces). Other records get zero forces, which the loss and metrics ignore.
+    # Needs every force task to name datasets, no dataset shared by two; else the per-task path.
+    forces_on_own_datasets: bool = False
+
     def __init__(
         self,
         config: ModelConfig,
@@ -120,11 +127,39 @@ class FoundationModel(nn.Module):
             encoded = self.encoder(batch, positions)
             preds = {name: head(encoded, batch) for name, head in self.heads.items()}
             create_graph = self.training and grad_was_enabled
-            for spec in force_tasks:
-                preds[spec.name] = forces_from_energy(preds[spec.forces_of], positions, create_graph)
+            if self.forces_on_own_datasets and _disjoint_datasets(force_tasks, batch):
+                preds.update(_own_dataset_forces(preds, force_tasks, batch, positions, create_graph))
+            else:
+                for spec in force_tasks:
+                    preds[spec.name] = forces_from_energy(preds[spec.forces_of], positions, create_graph)
         if not grad_was_enabled:
             preds = {name: value.detach() for name, value in preds.items()}
         return {name: preds[name] for name in self.tasks}
 
     def extra_repr(self) -> str:
         return "tasks=" + ", ".join(f"{t.name}({t.level}, {t.unit or '-'})" for t in self.tasks.values())
+
+
+def _disjoint_datasets(force_tasks: list[TaskSpec], batch: Batch) -> bool:
+    """Every force task names datasets, none shared, and the batch names each record's dataset."""
+    seen: set[str] = set()
+    for spec in force_tasks:
+        if not spec.datasets or seen & set(spec.datasets):
+            return False
+        seen |= set(spec.datasets)
+    return len(batch.datasets) == batch.n_graphs
+
+
+def _own_dataset_forces(preds: dict[str, torch.Tensor], force_tasks: list[TaskSpec], batch: Batch,
+                        positions: torch.Tensor, create_graph: bool) -> dict[str, torch.Tensor]:
+    """{force task: [n_atoms, 3] eV/Å}, each nonzero only on atoms of its datasets' records."""
+    total = positions.new_zeros(1)
+    atom_masks = {}
+    for spec in force_tasks:
+        records = torch.tensor([d in spec.datasets for d in batch.datasets], dtype=torch.bool,
+                               device=positions.device)  # [n_graphs]
+        energy = preds[spec.forces_of]  # [n_graphs], as the per-task path differentiates it
+        total = total + torch.where(records, energy, torch.zeros_like(energy)).sum()
+        atom_masks[spec.name] = records.index_select(0, batch.batch).unsqueeze(-1)  # [n_atoms, 1]
+    forces = forces_from_energy(total, positions, create_graph)  # [n_atoms, 3]
+    return {name: torch.where(mask, forces, torch.zeros_like(forces)) for name, mask in atom_masks.items()}
