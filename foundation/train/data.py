@@ -20,9 +20,12 @@ class EpochStream:
     the epoch, so the resumed sequence is the same either way).
     """
 
-    def __init__(self, make: Callable[[int, int], Iterable], epoch: int = 0, index: int = 0):
+    def __init__(self, make: Callable[[int, int], Iterable], epoch: int = 0, index: int = 0,
+                 static: dict[str, Any] | None = None):
         self.make = make
         self.epoch, self.index = epoch, index
+        self.static = dict(static or {})  # saved with the position (world size, workers, seed)
+        self.loader = None  # the loader behind `make`, when the caller keeps it here
         self._it: Iterator | None = None
 
     def __iter__(self):
@@ -42,7 +45,7 @@ class EpochStream:
         raise RuntimeError(f"epoch {self.epoch} of the training data has no batch for this rank")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "index": self.index}
+        return {**self.static, "epoch": self.epoch, "index": self.index}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.index, self._it = int(state["epoch"]), int(state["index"]), None

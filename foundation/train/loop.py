@@ -185,7 +185,7 @@ class Trainer:
     def checkpoint(self) -> Path:
         return save_checkpoint(
             self.engine, self.run_dir / "checkpoints", self.state.step,
-            {"train": asdict(self.state), "zero_stage": self.zero_stage},
+            {"train": asdict(self.state), "zero_stage": self.zero_stage, "data": self.stream.state_dict()},
             self.stream.state_dict(),
             self.ema.state_dict() if self.ema is not None else None,
             self.info, self.s.checkpoint,
