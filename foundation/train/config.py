@@ -105,6 +105,7 @@ class EvalConfig:
     every: int = 100  # optimiser steps between evaluations (and one at the end)
     max_batches: int | None = None  # per dataset and rank; None = the whole validation split
     use_ema: bool = True  # evaluate the EMA weights (when EMA is enabled)
+    at_start: bool = False  # also evaluate the initial weights (a baseline for the final table)
 
     def __post_init__(self):
         _require(self.every >= 1, f"every must be >= 1, got {self.every}")

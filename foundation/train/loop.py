@@ -35,16 +35,26 @@ log = logging.getLogger("foundation.train")
 
 
 class Objective(nn.Module):
-    """Model and loss in one module, so DeepSpeed also optimises the loss's learned task weights."""
+    """Model and loss in one module, so DeepSpeed also optimises the loss's learned task weights.
 
-    def __init__(self, model: nn.Module, loss: nn.Module):
+    `touch_all_parameters`: add 0·Σp to the loss so every parameter has a gradient on every
+    rank. A head whose label is absent from one rank's batch otherwise has no gradient there,
+    and ZeRO-1/2 then reduce buckets of different sizes on different ranks (gloo aborts with
+    "Received data size doesn't match"; NCCL hangs). ZeRO-0 fills such gradients with zeros itself.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module, touch_all_parameters: bool = False):
         super().__init__()
         self.model = model
         self.loss = loss
+        self.touch_all_parameters = touch_all_parameters
 
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
         preds = self.model(batch)
         loss, logs = self.loss(preds, batch)
+        if self.touch_all_parameters and self.training:
+            params = [p for p in self.parameters() if p.requires_grad]
+            loss = loss + 0.0 * torch.stack([p.sum() for p in params]).sum().to(loss.dtype)
         return loss, logs, preds
 
 
@@ -102,6 +112,7 @@ class Trainer:
         self.units = {t.name: t.unit for t in tasks}
         self._logs: dict[str, list[float]] = defaultdict(list)
         self.last_metrics: dict[str, Any] = {}
+        self.initial_metrics: dict[str, Any] = {}
 
     # -- one micro-step -------------------------------------------------------------------
     def _micro_step(self) -> tuple[bool, float]:
@@ -208,6 +219,8 @@ class Trainer:
         # A run resumed at its last step still evaluates (its metrics were not kept) but does
         # not rewrite the checkpoint it came from.
         last_eval, last_ckpt = -1, self.state.step
+        if self.s.eval.at_start and self.state.step == 0:
+            self.initial_metrics = self.evaluate()
         while self.state.step < self.s.max_steps:
             stepped, loss = self._micro_step()
             if not stepped:
@@ -250,10 +263,11 @@ class Trainer:
             "peak_rss_mib_per_rank": float(peak[0]),
             "peak_cuda_mib_per_rank": float(peak[1]),
             "validation": self.last_metrics,
+            "initial_validation": self.initial_metrics,
         }
         if self.info.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(out, indent=1))
             log.info("final validation metrics (%s weights):\n%s",
                      "EMA" if self.ema is not None and self.s.eval.use_ema else "raw",
-                     summary_table(self.last_metrics, self.units))
+                     summary_table(self.last_metrics, self.units, self.initial_metrics))
         return out

@@ -127,17 +127,23 @@ def flat_scalars(metrics: dict[str, dict[str, dict[str, float]]]) -> dict[str, f
     }
 
 
-def summary_table(metrics: dict[str, dict[str, dict[str, float]]], units: dict[str, str]) -> str:
-    """A fixed-width table: dataset, task, metric, value, unit, n."""
-    rows = [("dataset", "task", "metric", "value", "unit", "n")]
+def summary_table(metrics: dict[str, dict[str, dict[str, float]]], units: dict[str, str],
+                  initial: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
+    """A fixed-width table: dataset, task, metric, value, unit, n (and the initial value, if given)."""
+    header = ("dataset", "task", "metric", "value", "unit", "n") + (("initial",) if initial else ())
+    rows = [header]
     for d, tasks in metrics.items():
         for t, ms in tasks.items():
             for m, v in ms.items():
                 if m in ("n", "rmse"):
                     continue
                 unit = "" if m == "roc_auc" else units.get(t, "")
-                rows.append((d, t, m.upper() if m == "mae" else "ROC-AUC", f"{v:.4g}", unit, str(int(ms["n"]))))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+                row = (d, t, m.upper() if m == "mae" else "ROC-AUC", f"{v:.4g}", unit, str(int(ms["n"])))
+                if initial:
+                    before = initial.get(d, {}).get(t, {}).get(m)
+                    row += ("" if before is None else f"{before:.4g}",)
+                rows.append(row)
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

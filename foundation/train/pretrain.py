@@ -166,6 +166,12 @@ def validate(cfg: PretrainConfig) -> Resolved:
     if abs(loader.cutoff - model_cfg.cutoff) > 1e-9:
         raise ConfigError(f"loader.cutoff: {loader.cutoff} Å differs from the model's cutoff {model_cfg.cutoff} Å "
                           "(leave it out to use the model's)")
+    forces = [t.name for t in tasks if t.forces_of is not None]
+    if cfg.distributed.zero_stage == 3 and forces:
+        # Measured: ZeRO-3 frees each gathered weight after its forward, but the force loss
+        # back-propagates through -dE/dx (a second derivative) and needs them again.
+        raise ConfigError(f"distributed.zero_stage: ZeRO-3 cannot train force tasks ({', '.join(forces)}): "
+                          "their loss needs second derivatives through weights ZeRO-3 has released; use 2")
     if cfg.distributed.precision == "fp16":
         import torch
 
@@ -239,7 +245,7 @@ def run(res: Resolved, local_rank: int | None = None) -> dict[str, Any]:
         # its own datasets: one backward pass for all force tasks instead of one per task.
         model.forces_on_own_datasets = True
         loss = MultiTaskLoss(res.tasks, mode=cfg.loss, normalization=normalization)
-        objective = Objective(model, loss)
+        objective = Objective(model, loss, touch_all_parameters=cfg.distributed.zero_stage in (1, 2))
         ema = EMA(objective, cfg.ema.decay) if cfg.ema.enabled else None
         plan = ck.plan_resume(run_dir / "checkpoints", cfg.checkpoint, info)
         engine, ds_config = build_engine(objective, cfg.distributed, cfg.optimizer, info,
