@@ -114,7 +114,7 @@ def task_statistics(tasks: list[Any], shard_dirs: dict[str, str]) -> tuple[dict,
     return normalization, element_refs
 
 
-def make_stream(cfg, loader_cfg, shard_dirs: dict[str, str], info: DistInfo) -> EpochStream:
+def make_stream(loader_cfg, shard_dirs: dict[str, str], info: DistInfo) -> EpochStream:
     """The endless training stream of this rank (all datasets mixed by the loader)."""
     from ..data.stream import build_loader
 

@@ -12,7 +12,6 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 
 from .distributed import DistInfo, all_gather_rows, all_reduce
@@ -159,6 +158,3 @@ def eval_log_line(step: int, metrics: dict[str, dict[str, dict[str, float]]], un
                 parts.append(f"{d}/{t} ROC-AUC {ms['roc_auc']:.3f}")
     return f"eval @ step {step}: " + (" | ".join(parts) if parts else "no labelled validation data")
 
-
-def mean_of(values: list[float]) -> float:
-    return float(np.mean(values)) if values else math.nan

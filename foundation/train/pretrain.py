@@ -10,7 +10,6 @@ normalisation and element references from the shard manifests; then DeepSpeed; t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -218,18 +217,52 @@ def _export(engine, ema, out: Path, zero_stage: int, info, extra: dict[str, Any]
     barrier(info)
 
 
+def _objective(res: Resolved, shard_dirs: dict[str, str]):
+    """Model + loss with normalisation and element references from the manifests (seeded, so
+    every rank starts from the same weights)."""
+    from ..model import FoundationModel
+    from .datasets import task_statistics
+    from .loop import Objective
+    from .loss import MultiTaskLoss
+    from .rng import seed_everything
+
+    cfg = res.config
+    normalization, element_refs = task_statistics(res.tasks, shard_dirs)
+    seed_everything(cfg.seed)
+    model = FoundationModel(res.model, res.tasks, normalization, element_refs)
+    # Predictions only feed the loss and the per-dataset metrics, which read each force task on
+    # its own datasets: one backward pass for all force tasks instead of one per task.
+    model.forces_on_own_datasets = True
+    loss = MultiTaskLoss(res.tasks, mode=cfg.loss, normalization=normalization)
+    return Objective(model, loss, touch_all_parameters=cfg.distributed.zero_stage in (1, 2))
+
+
+def _trainer(res: Resolved, engine, ema, shard_dirs: dict[str, str], info):
+    """The loop with its data, TensorBoard writer (rank 0) and batch preparation."""
+    from .datasets import make_stream, make_val_splits
+    from .engine import compute_dtype
+    from .loop import LoopSettings, Trainer
+
+    cfg = res.config
+    writer = None
+    if info.is_main and cfg.log.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard"))
+    dtype = compute_dtype(engine)
+    settings = LoopSettings(cfg.max_steps, cfg.optimizer, cfg.schedule, cfg.eval, cfg.checkpoint, cfg.log)
+    return Trainer(engine, ema, make_stream(res.loader, shard_dirs, info),
+                   make_val_splits(res.loader, shard_dirs, info), res.tasks, info, cfg.run_dir, settings,
+                   lambda b: b.to(info.device, dtype), writer=writer, zero_stage=cfg.distributed.zero_stage)
+
+
 def run(res: Resolved, local_rank: int | None = None) -> dict[str, Any]:
     """Collective: run the whole pretraining on this process; returns the summary."""
-    import torch
-
-    from ..model import FoundationModel
     from . import checkpoint as ck
-    from .datasets import make_stream, make_val_splits, prepare_shards, resume_position, task_statistics
+    from .datasets import prepare_shards, resume_position
     from .distributed import barrier, setup, teardown
     from .ema import EMA
-    from .engine import build_engine, compute_dtype
-    from .loop import LoopSettings, Objective, Trainer
-    from .loss import MultiTaskLoss
+    from .engine import build_engine
     from .rng import seed_everything
 
     cfg = res.config
@@ -238,14 +271,7 @@ def run(res: Resolved, local_rank: int | None = None) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     try:
         shard_dirs = prepare_shards(cfg, info)
-        normalization, element_refs = task_statistics(res.tasks, shard_dirs)
-        seed_everything(cfg.seed)  # identical initial weights on every rank
-        model = FoundationModel(res.model, res.tasks, normalization, element_refs)
-        # Predictions only feed the loss and the per-dataset metrics, which read each force task on
-        # its own datasets: one backward pass for all force tasks instead of one per task.
-        model.forces_on_own_datasets = True
-        loss = MultiTaskLoss(res.tasks, mode=cfg.loss, normalization=normalization)
-        objective = Objective(model, loss, touch_all_parameters=cfg.distributed.zero_stage in (1, 2))
+        objective = _objective(res, shard_dirs)
         ema = EMA(objective, cfg.ema.decay) if cfg.ema.enabled else None
         plan = ck.plan_resume(run_dir / "checkpoints", cfg.checkpoint, info)
         engine, ds_config = build_engine(objective, cfg.distributed, cfg.optimizer, info,
@@ -253,21 +279,11 @@ def run(res: Resolved, local_rank: int | None = None) -> dict[str, Any]:
         if info.is_main:
             _write_record(run_dir, res, ds_config, shard_dirs)
         seed_everything(cfg.seed * 1000 + info.rank)  # per-rank randomness from here on
-        dtype = compute_dtype(engine)
-        writer = None
-        if info.is_main and cfg.log.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tensorboard"))
-        stream = make_stream(cfg, res.loader, shard_dirs, info)
-        settings = LoopSettings(cfg.max_steps, cfg.optimizer, cfg.schedule, cfg.eval, cfg.checkpoint, cfg.log)
-        trainer = Trainer(engine, ema, stream, make_val_splits(res.loader, shard_dirs, info), res.tasks, info,
-                          run_dir, settings, lambda b: b.to(info.device, dtype), writer=writer,
-                          zero_stage=cfg.distributed.zero_stage)
+        trainer = _trainer(res, engine, ema, shard_dirs, info)
         train_state, data_state = ck.restore(engine, plan, ema, info)
         trainer.load_state(train_state, data_state)
         if plan.mode != "fresh" and data_state is None and "data" in train_state:
-            resume_position(stream, train_state["data"])  # another world size: same fraction of the epoch
+            resume_position(trainer.stream, train_state["data"])  # another world size: same epoch fraction
         if info.is_main:
             log.info("run %s: %d rank(s) on %s (%s), ZeRO %d, %s, resume: %s at step %d", run_dir,
                      info.world_size, info.device, info.backend, cfg.distributed.zero_stage,
@@ -277,8 +293,8 @@ def run(res: Resolved, local_rank: int | None = None) -> dict[str, Any]:
             _export(engine, ema, run_dir / "export", cfg.distributed.zero_stage, info, {
                 "run_dir": str(run_dir), "steps": summary["steps"], "weights": "ema" if ema is not None else "raw",
                 "datasets": dict(shard_dirs), "validation": summary["validation"]})
-        if writer is not None:
-            writer.close()
+        if trainer.writer is not None:
+            trainer.writer.close()
         barrier(info)
         return summary
     finally:

@@ -128,3 +128,17 @@ def test_two_process_checkpoint_resumes_on_one_process(baseline, tmp_path):
     exact, universal = _weights(two / "restored_exact_2.safetensors"), _weights(one / "restored_universal_2.safetensors")
     for name, w in exact.items():
         torch.testing.assert_close(universal[name], w, rtol=0, atol=0, msg=name)
+
+
+def test_weights_only_resume_on_a_different_world_size(baseline, tmp_path):
+    one = tmp_path / "one"
+    _copy_checkpoints(baseline[0], one, [2])
+    out = _run(one, 1, "--world-size-change", "weights_only")
+    assert "loading the weights of step_000000002 only, the optimiser restarts" in out
+    assert f"SUMMARY {STEPS} " in out
+    two = tmp_path / "two"
+    _copy_checkpoints(baseline[0], two, [2])
+    _run(two, 2, "--steps", "2")
+    exact, weights = _weights(two / "restored_exact_2.safetensors"), _weights(one / "restored_weights_only_2.safetensors")
+    for name, w in exact.items():
+        torch.testing.assert_close(weights[name], w, rtol=0, atol=0, msg=name)

@@ -27,7 +27,6 @@ def main(argv=None) -> int:
     p.add_argument("--local_rank", type=int, default=None)
     a = p.parse_args(argv)
 
-    import torch
     from safetensors.torch import save_file
 
     from foundation.train import checkpoint as ck
