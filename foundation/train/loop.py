@@ -213,7 +213,12 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to `max_steps`; evaluate and checkpoint on schedule and at the end."""
         from tqdm import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
+        with logging_redirect_tqdm():  # log lines (evaluations, skips) print above the bar
+            return self._run(tqdm)
+
+    def _run(self, tqdm) -> dict[str, Any]:
         bar = tqdm(total=self.s.max_steps, initial=self.state.step, desc="pretrain", unit="step",
                    disable=not (self.info.is_main and self.s.log.progress), dynamic_ncols=True)
         # A run resumed at its last step still evaluates (its metrics were not kept) but does
