@@ -150,6 +150,8 @@ class LatentEwald(torch.nn.Module):
         """Latent charges [n_atoms] e from the 0e channels, summing to zero in every structure."""
         scalars = node_feats.index_select(1, self.scalar_index)  # [n_atoms, n_scalars]
         q = self.charge_mlp(scalars).squeeze(-1)  # [n_atoms] e
+        # Neutral in float32 at least: a bf16 mean leaves ~1e-3 e per slab, which the 2-D sum refuses.
+        q = q.to(torch.promote_types(q.dtype, torch.float32))
         zeros = torch.zeros(n_graphs, dtype=q.dtype, device=q.device)
         counts = zeros.index_add(0, batch, torch.ones_like(q)).clamp(min=1)  # [n_graphs]
         return q - (zeros.index_add(0, batch, q) / counts)[batch]
@@ -161,8 +163,13 @@ class LatentEwald(torch.nn.Module):
             )
         if cell.shape[0] != n_graphs:
             raise ValueError(f"cell has {cell.shape[0]} graphs, n_graphs = {n_graphs}")
-        q = self.latent_charges(node_feats, batch, n_graphs)  # [n_atoms] e
-        energy, phi = ewald_sum(positions, cell, q, batch, pbc, self.accuracy)
+        q = self.latent_charges(node_feats, batch, n_graphs)  # [n_atoms] e, float32 or wider
+        # The sums run in float32 at least: bf16/fp16 have no matrix inverse and would resolve
+        # phases k·r (tens of radians) to ~0.1 rad. Results return in the features' dtype.
+        wide = q.dtype
+        energy, phi = ewald_sum(positions.to(wide), cell.to(wide), q, batch, pbc, self.accuracy)
         # φ/COULOMB is in e/Å, O(1) for O(1) charges: keeps the feedback MLP's inputs tame.
-        update = self.feedback_mlp(torch.stack([q, phi / COULOMB], dim=-1))  # [n_atoms, n_scalars]
+        inputs = torch.stack([q, phi / COULOMB], dim=-1).to(node_feats.dtype)  # [n_atoms, 2]
+        update = self.feedback_mlp(inputs)  # [n_atoms, n_scalars]
+        # energy stays float32 or wider (heads pool energies in float32 under bf16/fp16)
         return node_feats.index_add(1, self.scalar_index, update), energy

@@ -376,3 +376,18 @@ def test_latent_charges_are_neutral_and_forces_flow_in_float32():
     (energy.sum() + out.square().sum()).backward()
     assert torch.isfinite(pos.grad).all() and pos.grad.abs().max() > 0
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+def test_latent_ewald_runs_in_bf16_with_float32_sums():
+    """bf16 training (DeepSpeed) casts the block and its inputs; the sums run in float32."""
+    block32 = _trained_block(torch.float32)
+    block16 = _trained_block(torch.bfloat16)
+    feats, pos, cell, pbc, batch, n_graphs = _latent_inputs(torch.float32)
+    out32, energy32 = block32(feats, pos, cell, pbc, batch, n_graphs)
+    pos16 = pos.to(torch.bfloat16).requires_grad_(True)
+    out16, energy16 = block16(feats.to(torch.bfloat16), pos16, cell.to(torch.bfloat16), pbc, batch, n_graphs)
+    assert out16.dtype == torch.bfloat16 and energy16.dtype == torch.float32
+    scale = energy32.abs().max()
+    assert (energy16.float() - energy32).abs().max() < 0.05 * scale  # bf16 inputs: ~1% each
+    energy16.sum().backward()
+    assert torch.isfinite(pos16.grad).all()
