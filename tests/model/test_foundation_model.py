@@ -1,7 +1,6 @@
 """FoundationModel: outputs per task, heads (normalisation, element references, pooling),
 explicit head swaps, the encoder alone, configs and validation."""
 
-import time
 
 import pytest
 import torch
@@ -161,19 +160,19 @@ def test_yaml_configs_build(name):
     assert len(model.encoder.ewald) == (config.n_layers // config.ewald_every if config.ewald_every else 0)
 
 
-def test_tiny_forward_backward_of_32_structures_is_fast():
+def test_tiny_float32_forward_backward_on_32_real_structures():
+    """The CPU config on real MP cells: finite predictions and a gradient for every head and block
+    (its speed is measured in bench/model.py, not asserted here)."""
     from pathlib import Path
 
-    torch.set_num_threads(2)
     config = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/tiny.yaml"))
     model = FoundationModel(config, tasks()[:4])
     batch = batch_of(load_mp(max_atoms=20, limit=40)[:32], config.cutoff, dtype=torch.float32)
-    model(batch)["energy"].sum().backward()  # warm-up
-    start = time.perf_counter()
     p = model(batch)
+    assert all(torch.isfinite(v).all() for v in p.values())
     (p["energy"].sum() + p["forces"].square().sum() + p["band_gap"].sum()).backward()
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"tiny forward+backward took {elapsed:.2f} s"
+    grads = {n: q.grad for n, q in model.named_parameters() if n.startswith(("encoder.", "heads.energy", "heads.band_gap"))}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
 
 
 def test_bf16_model_keeps_exact_references_and_pools_in_float32(batch):
