@@ -10,7 +10,8 @@ config.json:
     normalization   {task: [mean list, std list]}  (also in the tensors; kept here for readers)
     element_refs    {task: {Z: value}}, non-zero entries only
     extra           caller's metadata (data sources, training run, ...)
-Loading never unpickles: JSON and safetensors only. The weights are authoritative for
+Loading never unpickles: JSON and safetensors only; any other file (a torch.save `.pt`, a
+Lightning `.ckpt`) is refused by name without being opened past its first bytes. The weights are authoritative for
 normalisation and references; the JSON copy must agree with them or loading fails.
 """
 
@@ -27,7 +28,7 @@ from .config import ModelConfig
 from .foundation_model import FoundationModel
 from .tasks import TaskSpec
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "ExportError", "save_export", "load_export"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "ExportError", "save_export", "load_export", "resolve_export"]
 
 FORMAT = "foundation-export"
 FORMAT_VERSION = 1
@@ -81,8 +82,6 @@ def save_export(model: FoundationModel, directory: str | Path, extra: dict[str, 
 
 def _read_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG
-    if not directory.is_dir():
-        raise ExportError(f"{directory}: no such export directory")
     if not path.is_file():
         raise ExportError(f"{directory}: not a foundation export (no {CONFIG})")
     try:
@@ -133,14 +132,54 @@ def _check_state(model: FoundationModel, state: dict[str, torch.Tensor], path: P
         raise ExportError(f"{path}: the tensors do not match config.json: " + "; ".join(problems))
 
 
+_PICKLE_MAGIC = {b"PK\x03\x04": "a zip archive (torch.save's format)", b"\x80": "a Python pickle"}
+
+
+def _describe_file(path: Path) -> str:
+    """What a foreign file looks like, from its first bytes only (never unpickled)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    kind = next((text for magic, text in _PICKLE_MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        return "not a foundation export file"
+    return (f"{kind}, e.g. a PyTorch checkpoint: not loaded, because unpickling can run arbitrary "
+            f"code; export the model with foundation.model.save_export instead")
+
+
+def resolve_export(path: str | Path) -> Path:
+    """The export directory that `path` names: an export directory itself, a run directory holding
+    `export/`, or the `config.json` / `model.safetensors` inside an export. Raises ExportError
+    naming `path` for anything else (a missing path, a pickle checkpoint, an unrelated directory).
+    Only checks where the export is; `load_export` checks its contents."""
+    path = Path(path)
+    if path.is_file():
+        if path.name in (CONFIG, WEIGHTS):
+            return path.parent
+        raise ExportError(f"{path}: {_describe_file(path)}; a foundation checkpoint is a directory "
+                          f"holding {CONFIG} and {WEIGHTS} (or a run directory holding export/)")
+    if not path.is_dir():
+        raise ExportError(f"{path}: no such export directory")
+    if not (path / CONFIG).exists() and (path / "export" / CONFIG).is_file():
+        return path / "export"
+    if not (path / CONFIG).exists():
+        found = sorted(p.name for p in path.iterdir())[:8]
+        raise ExportError(f"{path}: not a foundation export (no {CONFIG}, nor export/{CONFIG} of a run "
+                          f"directory; it holds {found or 'nothing'})")
+    return path
+
+
 def load_export(directory: str | Path, map_location: str | torch.device = "cpu") -> FoundationModel:
     """Rebuild the model of a `save_export` directory on `map_location`, in the stored dtype, in
-    eval mode. Raises ExportError naming the problem (foreign directory, other format version,
-    corrupt file, tensors that do not fit the config)."""
+    eval mode. `directory` may be any path form of `resolve_export`. Raises ExportError naming the
+    problem (foreign file or directory, other format version, corrupt file, tensors that do not
+    fit the config)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = Path(directory)
+    directory = resolve_export(directory)
     meta = _read_config(directory)
     weights = directory / WEIGHTS
     if not weights.is_file():

@@ -1,0 +1,85 @@
+"""load_encoder / embed: invariant structure features (rotation, translation, supercell), atom
+features in input order, results independent of the batch size, and the `foundation embed` npz."""
+
+import numpy as np
+import pytest
+from api_fixtures import PEROVSKITES, perovskites, random_rotation, rotated, supercell, translated
+
+from foundation import load_encoder
+from foundation.api import cli_main
+
+TOL = dict(rtol=0, atol=1e-10)  # float64 export
+
+
+@pytest.fixture(scope="module")
+def embedder(export64):
+    return load_encoder(export64)
+
+
+@pytest.fixture(scope="module")
+def crystals():
+    return perovskites(7)
+
+
+def test_structure_features_invariant(embedder, crystals):
+    crystal = crystals[0]
+    copies = [crystal, rotated(crystal, random_rotation(1)), translated(crystal, [0.3, -1.2, 2.5]),
+              supercell(crystal), rotated(translated(supercell(crystal, (2, 1, 3)), [1, 2, 3]), random_rotation(2))]
+    features = embedder.embed(copies)
+    assert features.shape == (5, embedder.n_features) and features.dtype == np.float64
+    assert np.abs(features[0]).max() > 1e-3  # not trivially zero
+    for i in range(1, len(copies)):
+        np.testing.assert_allclose(features[i], features[0], **TOL, err_msg=f"copy {i}")
+    # different crystals give different features
+    assert np.abs(embedder.embed(crystals[:2])[1] - features[0]).max() > 1e-6
+
+
+def test_atom_features_follow_input_order(embedder, crystals):
+    crystal = crystals[1]
+    order = np.random.default_rng(0).permutation(crystal.n_atoms)
+    shuffled = crystal.replace(numbers=crystal.numbers[order], positions=crystal.positions[order])
+    atoms = embedder.embed([crystal, shuffled], level="atom")
+    assert atoms.shape == (2 * crystal.n_atoms, embedder.n_features)
+    np.testing.assert_allclose(atoms[crystal.n_atoms:], atoms[:crystal.n_atoms][order], **TOL)
+    np.testing.assert_allclose(atoms[:crystal.n_atoms].mean(0), embedder.embed([crystal])[0], **TOL)
+    np.testing.assert_allclose(embedder.embed([rotated(crystal, random_rotation(3))], level="atom"),
+                               atoms[:crystal.n_atoms], **TOL)
+
+
+def test_batch_size_does_not_change_features(embedder, crystals):
+    mixed = crystals + [supercell(crystals[2])]
+    for level in ("structure", "atom"):
+        reference = embedder.embed(mixed, level=level, batch_size=64)
+        for batch_size in (1, 3):
+            np.testing.assert_allclose(embedder.embed(mixed, level=level, batch_size=batch_size), reference,
+                                       **TOL, err_msg=f"{level}, batch_size {batch_size}")
+    assert embedder.embed([]).shape == (0, embedder.n_features)
+
+
+def test_mixed_input_types(embedder, crystals):
+    crystal = crystals[3]
+    features = embedder.embed([crystal, crystal.to_pymatgen(), crystal.to_ase()])
+    np.testing.assert_allclose(features[1:], np.repeat(features[:1], 2, axis=0), **TOL)
+    with pytest.raises(ValueError, match="level must be"):
+        embedder.embed([crystal], level="graph")
+
+
+def test_embed_cli_writes_features_ids_and_labels(export64, tmp_path, capsys):
+    out = tmp_path / "features.npz"
+    assert cli_main([str(export64), str(PEROVSKITES), "--limit", "12", "--out", str(out),
+                     "--batch-size", "5"], command="embed") == 0
+    data = np.load(out)  # no pickle needed: plain arrays only
+    expected = load_encoder(export64).embed(perovskites(12))
+    np.testing.assert_allclose(data["features"], expected, **TOL)
+    assert data["ids"].shape == (12,) and data["ids"][0] == perovskites(1)[0].id
+    assert (data["n_atoms"] == 5).all() and str(data["level"]) == "structure"
+    labels = [c.targets["formation_energy"] for c in perovskites(12)]
+    np.testing.assert_array_equal(data["label_formation_energy"], labels)
+    assert "wrote structure-level features (12, 16)" in capsys.readouterr().out
+
+    atom_out = tmp_path / "atoms.npz"
+    assert cli_main([str(export64), str(PEROVSKITES), "--limit", "3", "--out", str(atom_out),
+                     "--level", "atom"], command="embed") == 0
+    atoms = np.load(atom_out)
+    assert atoms["features"].shape == (15, 16) and atoms["offsets"].tolist() == [0, 5, 10, 15]
+    assert atoms["numbers"].shape == (15,)
