@@ -3,7 +3,8 @@ the `foundation predict` / `foundation embed` commands.
 
     predictor = foundation.load_model("runs/sample")     # run dir, export dir, or a file inside it
     predictor.units                                      # {"band_gap": "eV", "is_metal": "probability", ...}
-    out = predictor.predict([structure, atoms, crystal]) # {"band_gap": [3] eV, "lips_forces": object [3] of [n_i, 3] eV/Å, ...}
+    out = predictor.predict([structure, atoms, crystal])
+    # {"band_gap": [3] eV, "is_metal": [3] probability, "lips_forces": object [3] of [n_i, 3] eV/Å, ...}
     features = foundation.load_encoder("runs/sample").embed(structures)          # [n, F]
     per_atom = foundation.load_encoder("runs/sample").embed(structures, "atom")  # [Σ n_i, F]
 
@@ -316,7 +317,7 @@ def _row(record: _Record, predictor: Predictor, values: dict[str, np.ndarray], i
         if spec.level != "structure":
             continue
         columns = _columns(name, spec, predictor.units[name])
-        row.update(zip(columns, np.atleast_1d(values[name][i]).tolist()))
+        row.update(zip(columns, map(str, np.atleast_1d(values[name][i]))))  # float32: shortest repr
         label = _numeric(crystal.targets.get(spec.target))
         if label is not None and label.size == spec.dim:
             row.update(zip(_truth_columns(columns), label.tolist()))

@@ -87,7 +87,8 @@ def test_energy_task_choice_and_refusal(export64):
     assert atoms.get_potential_energy() == pytest.approx(float(expected), abs=1e-10)
 
     model.remove_task("forces")
-    with pytest.raises(ValueError, match=r"several energy tasks \['energy', 'formation_energy', 'b_energy'\].*energy_task="):
+    several = r"several energy tasks \['energy', 'formation_energy', 'b_energy'\].*energy_task="
+    with pytest.raises(ValueError, match=several):
         FoundationCalculator(model)
     for name in ("energy", "formation_energy", "b_energy"):
         model.remove_task(name)
