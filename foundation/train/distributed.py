@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -109,7 +110,14 @@ def setup(device: str = "auto", timeout_s: int = 1800, local_rank_arg: int | Non
 
 
 def teardown() -> None:
-    if torch.distributed.is_initialized():
+    """Destroy the process group; through DeepSpeed when it set up its backend, so that it also
+    drops its cached groups (a second run in this process would otherwise use the dead ones)."""
+    if not torch.distributed.is_initialized():
+        return
+    comm = sys.modules.get("deepspeed.comm")
+    if comm is not None and comm.is_initialized():
+        comm.destroy_process_group()
+    else:
         torch.distributed.destroy_process_group()
 
 
