@@ -35,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from .config import to_dict
 from .data.crystal import Crystal
 from .data.records import Reject
 from .data.targets import target_info
 
 __all__ = [
     "regression_metrics", "classification_metrics", "LabelledData", "read_labelled", "select_task",
-    "parity_plot", "roc_plot", "evaluate_checkpoint", "fold_indices", "FoldSplit", "evaluate_folds",
+    "parity_plot", "roc_plot", "evaluate_checkpoint", "fold_indices", "FoldSplit", "fold_config", "evaluate_folds",
     "MATBENCH_RANDOM_STATE", "cli_main",
 ]
 
@@ -111,13 +112,16 @@ def classification_metrics(y_true, prob, threshold: float = 0.5) -> dict[str, fl
 class LabelledData:
     """The kept records of a file with their labels for one target, and what was rejected."""
 
-    path: str
+    path: str  # as given (a file, a directory, "ase:dcdft")
+    file: str  # the file read
     format: str
     target: str  # canonical label key in `Crystal.targets` (e.g. heat_all -> formation_energy)
     crystals: list[Crystal]  # kept records, in file order
     labels: np.ndarray  # [n] float64, NaN where a record has no label
     rejects: list[Reject] = field(default_factory=list)
     read: int = 0  # records read = len(crystals) + len(rejects)
+    options: dict[str, Any] = field(default_factory=dict)  # reader options used
+    derive: dict[str, str] = field(default_factory=dict)  # derived labels (finetune's data.derive)
 
     @property
     def labelled(self) -> np.ndarray:
@@ -125,53 +129,53 @@ class LabelledData:
         return np.flatnonzero(~np.isnan(self.labels))
 
 
-def _aliases() -> dict[str, str]:
-    """Raw column name -> canonical target of the CSV and MatBench readers (heat_all, e_form, ...)."""
-    from .data.readers.cif_csv import CSV_COLUMNS
-    from .data.readers.matbench import MATBENCH_COLUMNS
-
-    return {**CSV_COLUMNS, **MATBENCH_COLUMNS}
-
-
-def _read_records(path: Path, fmt: str, options: dict, limit: int | None) -> tuple[list[Crystal], list[Reject]]:
+def _read_records(path: str, fmt: str, options: Mapping[str, Any], limit: int | None,
+                  derive: Mapping[str, str]) -> tuple[list[Crystal], list[Reject]]:
+    """The first `limit` records, each validated (defaults) and given its `derive`d labels."""
     from .data import readers
     from .data.validate import validate
+    from .train.finetune_data import _derived
 
     crystals, rejects = [], []
     for i, record in enumerate(readers.read(path, fmt, **options)):
         if limit is not None and i >= limit:
             break
-        record = validate(record, path=str(path)) if isinstance(record, Crystal) else record
+        if isinstance(record, Crystal):
+            for name, expr in derive.items():
+                value = _derived(expr, record.targets)
+                if value is not None:
+                    record.targets[name] = value
+            record = validate(record, path=path)
         (crystals if isinstance(record, Crystal) else rejects).append(record)
     return crystals, rejects
 
 
 def _resolve_target(name: str, present: set[str]) -> str | None:
+    from .train.finetune_config import _aliases
+
     if name in present:
         return name
     alias = _aliases().get(name)
     return alias if alias in present else None
 
 
-def read_labelled(path: str | Path, target: str, format: str | None = None,
-                  limit: int | None = None) -> LabelledData:
-    """Read the first `limit` records (all: None) of `path` and the labels of `target`.
-
-    `target` is a canonical name (`foundation.data.targets`) or a raw column the reader maps to one
-    (`heat_all`, `e_form`); a CSV column the reader does not map by default is read on request.
+def read_labelled(path: str | Path, target: str, format: str | None = None, *, limit: int | None = None,
+                  options: Mapping[str, Any] | None = None, derive: Mapping[str, str] | None = None) -> LabelledData:
+    """Read the first `limit` records (all: None) of `path` and the labels of `target`, as
+    `foundation finetune` reads its data: the same path forms ("ase:dcdft" too), reader `options`,
+    native label names (`heat_all`, `e_form`, `gap`) and `derive`d labels (`{"log10_k":
+    "log10(bulk_modulus)"}`); a CSV column the reader does not map by default is read on request.
     Raises ValueError naming the file and listing the targets present when `target` is absent."""
-    from .data.readers import detect_format
+    from .train.finetune_config import DataConfig, _resolve_data
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such data file")
-    fmt = format or detect_format(path)
-    crystals, rejects = _read_records(path, fmt, {}, limit)
+    file, fmt, options, _ = _resolve_data(DataConfig(path=str(path), format=format, options=dict(options or {})))
+    derive = dict(derive or {})
+    crystals, rejects = _read_records(file, fmt, options, limit, derive)
     present = {k for c in crystals for k in c.targets}
     key = _resolve_target(target, present)
-    if key is None and fmt == "cif_csv":  # any CSV column may be a label: read it by name
+    if key is None and fmt == "cif_csv" and "targets" not in options:  # any CSV column may be a label
         try:
-            crystals, rejects = _read_records(path, fmt, {"targets": [target]}, limit)
+            crystals, rejects = _read_records(file, fmt, {**options, "targets": [target]}, limit, derive)
             key = _resolve_target(target, {k for c in crystals for k in c.targets})
         except ValueError:
             key = None
@@ -185,7 +189,8 @@ def read_labelled(path: str | Path, target: str, format: str | None = None,
             raise ValueError(f"{path}: record {crystal.id!r}: target {key!r} is not a scalar "
                              f"(shape {np.shape(value)}); evaluate scores scalar structure labels")
         labels[i] = np.nan if value is None else float(np.asarray(value).reshape(()))
-    return LabelledData(str(path), fmt, key, crystals, labels, rejects, len(crystals) + len(rejects))
+    return LabelledData(str(path), file, fmt, key, crystals, labels, rejects, len(crystals) + len(rejects),
+                        options, derive)
 
 
 # -- checkpoint tasks --------------------------------------------------------------------------------
@@ -215,12 +220,15 @@ def select_task(tasks: Mapping[str, Any], target: str, *names: str, task: str | 
 
 
 def _predict(checkpoint: str | Path, crystals: Sequence[Crystal], target: str, aliases: Sequence[str],
-             task: str | None, batch_size: int, device: str) -> tuple[Any, np.ndarray]:
-    """`(TaskSpec, predictions [n])` of the checkpoint's task for `target` on `crystals`."""
+             task: str | None, batch_size: int, device: str,
+             among: Sequence[str] | None = None) -> tuple[Any, np.ndarray]:
+    """`(TaskSpec, predictions [n])` of the checkpoint's task for `target` (chosen among the tasks
+    named `among`, all when None) on `crystals`."""
     from .api import load_model
 
     predictor = load_model(checkpoint, device=device)
-    spec = select_task(predictor.tasks, target, *aliases, task=task)
+    tasks = {n: t for n, t in predictor.tasks.items() if among is None or n in among}
+    spec = select_task(tasks, target, *aliases, task=task)
     out = predictor.predict(list(crystals), batch_size=batch_size, progress=True)
     return spec, np.asarray(out[spec.name], dtype=np.float64).reshape(len(crystals))
 
@@ -232,44 +240,43 @@ def _metrics(kind: str, labels: np.ndarray, preds: np.ndarray) -> dict[str, floa
 
 
 # -- plots -------------------------------------------------------------------------------------------
+def _axes():
+    """A 5 x 5 inch figure and its axes, drawn by matplotlib's Agg canvas (no pyplot, so the
+    caller's backend and open figures are left alone)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5), dpi=120)
+    return fig, fig.subplots()
+
+
 def parity_plot(y_true, y_pred, path: str | Path, *, name: str, unit: str, title: str = "") -> Path:
     """Predicted against true (`[n]` each, NaN labels skipped) with the y = x line; MAE and R² in
-    the title, `name [unit]` on the axes. Written as PNG with matplotlib's Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    the title, `true/predicted name [unit]` on the axes. Written as PNG."""
     m = regression_metrics(y_true, y_pred)
     y, p, _ = _labelled(y_true, y_pred)
     label = f"{name} [{unit}]" if unit else name
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
-    ax.scatter(y, p, s=8, alpha=0.5, edgecolors="none")
     lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
-    pad = 0.03 * (hi - lo or 1.0)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], "k--", lw=1, label="y = x")
-    ax.set(xlim=(lo - pad, hi + pad), ylim=(lo - pad, hi + pad), xlabel=f"true {label}",
-           ylabel=f"predicted {label}", aspect="equal")
+    lo, hi = lo - 0.03 * (hi - lo or 1.0), hi + 0.03 * (hi - lo or 1.0)
+    fig, ax = _axes()
+    ax.scatter(y, p, s=8, alpha=0.5, edgecolors="none")
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel=f"true {label}", ylabel=f"predicted {label}", aspect="equal")
     ax.set_title(f"{title}\nMAE {m['mae']:.4g} {unit}, R² {m['r2']:.3f}, n = {m['n']}".strip(), fontsize=9)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, format="png")
     return Path(path)
 
 
 def roc_plot(y_true, prob, path: str | Path, *, name: str, title: str = "") -> Path:
-    """ROC curve of probabilities `prob` `[n]` against 0/1 labels `y_true` `[n]`, AUC in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """ROC curve of probabilities `prob` `[n]` against 0/1 labels `y_true` `[n]`, AUC in the title.
+    Written as PNG (the chance diagonal only when one class is present)."""
     from sklearn.metrics import roc_curve
 
     m = classification_metrics(y_true, prob)
     y, p, _ = _labelled(y_true, prob)
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
-    if m["n"] and not np.isnan(m["roc_auc"]):
+    fig, ax = _axes()
+    if not np.isnan(m["roc_auc"]):
         fpr, tpr, _ = roc_curve(y, p)
         ax.plot(fpr, tpr, lw=1.5, label=name)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
@@ -278,8 +285,7 @@ def roc_plot(y_true, prob, path: str | Path, *, name: str, title: str = "") -> P
                  fontsize=9)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig.savefig(path, format="png")
     return Path(path)
 
 
@@ -305,7 +311,9 @@ def _report_head(checkpoint: str | Path, data: LabelledData, requested: str) -> 
         "foundation_version": __version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "checkpoint": str(Path(checkpoint).resolve()),
-        "data": {"path": str(Path(data.path).resolve()), "format": data.format, "sha256": _sha256(data.path)},
+        "data": {"path": data.path, "file": str(Path(data.file).resolve()), "format": data.format,
+                 "options": data.options, "derive": data.derive,
+                 "sha256": _sha256(data.file) if Path(data.file).is_file() else None},
         "target": requested,
         "label": data.target,
         "counts": {"read": data.read, "kept": len(data.crystals), "rejected": len(data.rejects),
@@ -337,7 +345,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: LabelledData, out: str | P
     report = _report_head(checkpoint, data, requested)
     report.update(task=spec.name, kind=spec.kind, unit=unit, metrics=_metrics(spec.kind, data.labels, preds))
     _write_predictions(out / "predictions.csv", data, preds)
-    title = f"{spec.name} on {Path(data.path).name}"
+    title = f"{spec.name} on {Path(data.file).name}"
     report["plot"] = _plot(spec.kind, data.labels, preds, out, requested, unit, title).name
     report["predictions"] = "predictions.csv"
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -401,14 +409,32 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(values.mean()), "std": float(values.std(ddof=0))}
 
 
-def evaluate_folds(checkpoint: str | Path, data: LabelledData, out: str | Path, finetune_config: Any, *,
-                   requested: str = "", n_folds: int = 5, random_state: int = MATBENCH_RANDOM_STATE,
-                   val_fraction: float = 0.1, limit: int | None = None, batch_size: int = 64,
-                   device: str = "cpu") -> dict[str, Any]:
-    """The MatBench protocol: for each fold, fine-tune `checkpoint` (run dir `out/fold{k}`) on the
-    other folds with `finetune_config`, predict the held-out fold with the fine-tuned export.
-    Writes `out/report.json` (per-fold and pooled metrics, mean ± std over folds),
-    `out/predictions.csv` (out-of-fold) and the pooled parity/ROC plot. Returns the report."""
+def fold_config(template: Any, checkpoint: str | Path, data: LabelledData, requested: str, run_dir: str | Path,
+                limit: int | None = None) -> Any:
+    """The FinetuneConfig of one fold: `template` (budget, optimiser, freezing, ...) on `data`'s file
+    with its format, options and derived labels, from `checkpoint`, into `run_dir`. The template's
+    tasks are kept when one of them predicts the target; otherwise one task for `requested`."""
+    import dataclasses
+
+    wanted = {requested, data.target}
+    tasks = template.tasks
+    if not any(t.get("target") in wanted or t.get("name") in wanted for t in tasks):
+        tasks = [{"target": requested}]
+    section = dataclasses.replace(template.data, path=data.path, format=data.format, options=dict(data.options),
+                                  derive=dict(data.derive), limit=limit)
+    return dataclasses.replace(template, checkpoint=str(checkpoint), data=section, tasks=tasks, run_dir=str(run_dir))
+
+
+def evaluate_folds(checkpoint: str | Path, data: LabelledData, out: str | Path, template: Any, *,
+                   requested: str = "", task: str | None = None, n_folds: int = 5,
+                   random_state: int = MATBENCH_RANDOM_STATE, val_fraction: float = 0.1, limit: int | None = None,
+                   batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
+    """The MatBench protocol: for each fold k, fine-tune `checkpoint` with the `template`
+    FinetuneConfig (`fold_config`, run dir `out/fold{k}`) on the other folds, then predict fold k
+    with the fine-tuned export. `limit` must be the one `data` was read with (the fine-tunes read
+    the same records). Writes `out/report.json` (per-fold and pooled out-of-fold metrics, mean ±
+    std over folds), `out/predictions.csv` (out-of-fold, with the fold) and the pooled
+    parity/ROC plot. Returns the report."""
     from .train.finetune import finetune
 
     out = Path(out)
@@ -416,34 +442,34 @@ def evaluate_folds(checkpoint: str | Path, data: LabelledData, out: str | Path, 
     requested = requested or data.target
     scored = data.labelled
     ids = [data.crystals[i].id for i in scored]
-    repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
-    if repeated:
+    if len(set(ids)) < len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"{data.path}: record ids repeat ({repeated[:5]}): the fold split needs unique ids")
     preds, fold_of = np.full(len(data.crystals), np.nan), np.full(len(data.crystals), -1)
     folds, spec = [], None
     for k, (train, val, test) in enumerate(fold_indices(len(scored), n_folds, random_state, val_fraction)):
         split = FoldSplit.from_indices(ids, train, val, test, fold=k, n_folds=n_folds,
                                        random_state=random_state, val_fraction=val_fraction)
-        cfg = _fold_config(finetune_config, checkpoint, data, requested, out / f"fold{k}", limit)
-        result = finetune(cfg, split=split)
+        summary = finetune(fold_config(template, checkpoint, data, requested, out / f"fold{k}", limit), split=split)
         held_out = scored[test]
-        spec, fold_preds = _predict(result["export"], [data.crystals[i] for i in held_out], data.target,
-                                    (requested,), _finetuned_task(cfg), batch_size, device)
+        spec, fold_preds = _predict(summary["export"], [data.crystals[i] for i in held_out], data.target,
+                                    (requested,), task, batch_size, device, among=summary.get("tasks"))
         preds[held_out], fold_of[held_out] = fold_preds, k
         folds.append({"fold": k, "records": {"train": len(train), "val": len(val), "test": len(test)},
                       "metrics": _metrics(spec.kind, data.labels[held_out], fold_preds),
-                      "best_step": result.get("best_step"), "export": str(result["export"]),
-                      "finetune_validation": result.get("validation"), "split": split.to_json()})
+                      "best_step": summary.get("best_step"), "steps": summary.get("steps"),
+                      "export": str(summary["export"]), "finetune_test": summary.get("test", {}).get(spec.name),
+                      "split": split.to_json()})
     main = "roc_auc" if spec.kind == "classification" else "mae"
     report = _report_head(checkpoint, data, requested)
     report.update(task=spec.name, kind=spec.kind, unit=spec.unit or target_info(data.target).unit,
                   metrics=_metrics(spec.kind, data.labels, preds),
                   folds={"protocol": f"sklearn KFold(n_splits={n_folds}, shuffle=True, "
                                      f"random_state={random_state}) over the labelled records in file order",
-                         "val_fraction": val_fraction, "finetune_config": _config_json(finetune_config),
+                         "val_fraction": val_fraction, "finetune_config": to_dict(template),
                          main: _summary([f["metrics"][main] for f in folds]), "per_fold": folds})
     _write_predictions(out / "predictions.csv", data, preds, fold_of)
-    title = f"{n_folds}-fold out-of-fold {spec.name} on {Path(data.path).name}"
+    title = f"{n_folds}-fold out-of-fold {spec.name} on {Path(data.file).name}"
     report["plot"] = _plot(spec.kind, data.labels, preds, out, requested, report["unit"], title).name
     report["predictions"] = "predictions.csv"
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -479,49 +505,64 @@ def parse_args(argv: list[str], command: str = "evaluate") -> argparse.Namespace
     parser = argparse.ArgumentParser(prog=f"foundation {command}", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="export directory (or a run dir holding export/)")
     parser.add_argument("overrides", nargs="*", help="--folds only: finetune config key.path=value (YAML values)")
-    parser.add_argument("--data", required=True, help="labelled structure file (any readers format)")
+    parser.add_argument("--data", required=True, help="labelled structure file (any readers format, or ase:dcdft)")
     parser.add_argument("--target", required=True, help="label to score: canonical name or the file's column")
     parser.add_argument("--task", default=None, help="the checkpoint's task to use when several predict the target")
     parser.add_argument("--format", default=None, help="reader format (default: detected)")
     parser.add_argument("--limit", type=int, default=None, help="first N records of the file only")
+    parser.add_argument("--derive", action="append", default=[], metavar="NAME=EXPR",
+                        help="a label computed from the file's: 'key', 'log10(key)' or 'key <= 0' (repeatable)")
     parser.add_argument("--out", default="evaluation", help="output directory (default: ./evaluation)")
     parser.add_argument("--batch-size", type=int, default=64, help="structures per prediction batch")
     parser.add_argument("--device", default="cpu", help="torch device for prediction")
     parser.add_argument("--folds", type=int, default=None, help="MatBench protocol: fine-tune and score N folds")
-    parser.add_argument("--config", default=None, help="--folds: configs/finetune/<name>.yaml")
+    parser.add_argument("--config", default=None, help="--folds: configs/finetune/<name>.yaml (budget, optimiser, ...)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="--folds: part of the training folds held out for early stopping")
     parser.add_argument("--seed", type=int, default=MATBENCH_RANDOM_STATE, help="--folds: KFold random_state")
     args = parser.parse_intermixed_args(argv)
     if args.folds is None and (args.config or args.overrides):
         parser.error("--config and key=value overrides apply to --folds only")
-    if args.folds is not None and (args.folds < 2 or not args.config):
-        parser.error("--folds needs N >= 2 and --config configs/finetune/<name>.yaml")
-    if args.limit is not None and args.limit < 1 or args.batch_size < 1:
+    if args.folds is not None and args.folds < 2:
+        parser.error("--folds needs N >= 2")
+    if (args.limit is not None and args.limit < 1) or args.batch_size < 1:
         parser.error("--limit and --batch-size must be >= 1")
+    bad = [d for d in args.derive if "=" not in d]
+    if bad:
+        parser.error(f"--derive takes NAME=EXPR, got {bad}")
+    args.derive = dict(d.split("=", 1) for d in args.derive)
     return args
 
 
+def _template(args: argparse.Namespace) -> Any:
+    """The fold FinetuneConfig template, as `foundation finetune --config C --data FILE [k=v ...]`
+    builds it (no config: one task for --target, 20 epochs unless the overrides set a budget)."""
+    from .train.finetune import config_from_args
+
+    flags = dict(config=args.config, checkpoint=args.checkpoint, freeze=None, lr_decay=None, keep_heads=None,
+                 run_dir=None, data=args.data, format=args.format, task_name=None, kind=None,
+                 target=None if args.config else args.target, overrides=args.overrides)
+    return config_from_args(argparse.Namespace(**flags))
+
+
 def cli_main(argv: list[str], command: str = "evaluate") -> int:
-    from .config import ConfigError
     from .model.export import ExportError
 
     args = parse_args(argv, command)
     try:
-        finetune_config = None
-        if args.folds is not None:
-            from .train.finetune import load_config
-
-            finetune_config = load_config(args.config, args.overrides)
-        data = read_labelled(args.data, args.target, args.format, args.limit)
         if args.folds is None:
+            data = read_labelled(args.data, args.target, args.format, limit=args.limit, derive=args.derive)
             report = evaluate_checkpoint(args.checkpoint, data, args.out, requested=args.target, task=args.task,
                                          batch_size=args.batch_size, device=args.device)
         else:
-            report = evaluate_folds(args.checkpoint, data, args.out, finetune_config, requested=args.target,
+            template = _template(args)
+            limit = args.limit if args.limit is not None else template.data.limit
+            data = read_labelled(args.data, args.target, template.data.format, limit=limit,
+                                 options=template.data.options, derive={**template.data.derive, **args.derive})
+            report = evaluate_folds(args.checkpoint, data, args.out, template, requested=args.target, task=args.task,
                                     n_folds=args.folds, random_state=args.seed, val_fraction=args.val_fraction,
-                                    limit=args.limit, batch_size=args.batch_size, device=args.device)
-    except (ValueError, FileNotFoundError, ConfigError, ExportError) as exc:
+                                    limit=limit, batch_size=args.batch_size, device=args.device)
+    except (ValueError, FileNotFoundError, ExportError) as exc:  # ConfigError is a ValueError
         print(f"foundation {command}: error: {exc}", file=sys.stderr)
         return 2
     print(_table(report))

@@ -170,3 +170,93 @@ def test_fold_split_assign_and_json():
         split.assign(crystal(99))
     with pytest.raises(ValueError, match="too few"):
         fold_indices(8, 5)
+
+
+# -- the evaluate command ----------------------------------------------------------------------------
+def test_evaluate_cli_writes_report_plot_and_predictions(tmp_path, capsys):
+    data = perovskite_rows(tmp_path / "perov.csv", 30, blank_label=4)
+    export = tiny_export(tmp_path / "export", [TaskSpec.for_target("formation_energy", name="heat")])
+    out = tmp_path / "eval"
+    code = cli_main([str(export), "--data", str(data), "--target", "heat_all", "--out", str(out),
+                     "--batch-size", "7"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "heat" and report["label"] == "formation_energy" and report["unit"] == "eV"
+    assert report["counts"] == {"read": 30, "kept": 30, "rejected": 0, "missing_label": 1, "scored": 29}
+    assert all(math.isfinite(report["metrics"][k]) for k in ("mae", "rmse", "r2", "mean_baseline_mae"))
+    assert report["metrics"]["n"] == 29 and report["checkpoint"] == str(export.resolve())
+    assert report["foundation_version"] and report["date"] and len(report["data"]["sha256"]) == 64
+    png = (out / "parity.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 30 and rows[0]["id"] == "18517" and float(rows[0]["true"]) == pytest.approx(2.76)
+    assert math.isnan(float(rows[4]["true"]))  # predicted, not scored
+    errors = [abs(float(r["true"]) - float(r["predicted"])) for r in rows if r["true"] != "nan"]
+    assert np.mean(errors) == pytest.approx(report["metrics"]["mae"])
+    printed = capsys.readouterr().out
+    assert "mae" in printed and "eV" in printed and "report.json" in printed
+
+
+def test_evaluate_classification_roc_and_rejects(tmp_path):
+    data = perovskite_rows(tmp_path / "perov.csv", 20)
+    text = data.read_text().splitlines(keepends=True)
+    broken = tmp_path / "broken.csv"  # one CIF cut short: a rejected record with its reason
+    lines = "".join(text)
+    first_cif_end = lines.index("Cu  Cu0")
+    broken.write_text(lines[:first_cif_end] + lines[lines.index('",CuCdN3'):])
+    export = tiny_export(tmp_path / "export", [TaskSpec.for_target("is_metal", name="metal")])
+    out = tmp_path / "eval"
+    code = cli_main([str(export), "--data", str(broken), "--target", "is_metal", "--derive", "is_metal=band_gap <= 0",
+                     "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "classification" and report["counts"]["rejected"] == 1
+    assert report["rejects"][0]["id"] == "18517" and report["rejects"][0]["reason"]
+    assert 0 <= report["metrics"]["accuracy"] <= 1 and report["metrics"]["n"] == 19
+    assert (out / "roc.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_evaluate_cli_clear_errors(tmp_path, capsys):
+    data = perovskite_rows(tmp_path / "perov.csv", 5)
+    export = tiny_export(tmp_path / "export", [TaskSpec.for_target("band_gap", name="gap")])
+    assert cli_main([str(export), "--data", str(data), "--target", "bulk_modulus", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "no target 'bulk_modulus'" in err and "formation_energy" in err
+    assert cli_main([str(export), "--data", str(data), "--target", "heat_all", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "no task for target 'formation_energy'" in err and "gap (target band_gap" in err
+    (tmp_path / "empty").mkdir()
+    assert cli_main([str(tmp_path / "empty"), "--data", str(data), "--target", "band_gap",
+                     "--out", str(tmp_path / "e")]) == 2
+    assert "not a foundation export" in capsys.readouterr().err
+    assert not (tmp_path / "e" / "report.json").exists()
+
+
+def test_evaluate_folds_end_to_end(tmp_path, capsys):
+    """--folds 5 on 40 records with a 2-step budget: five fine-tunes, each fold predicted once by
+    its own fine-tuned export, metrics equal to the fine-tune's own test-split evaluation."""
+    data = perovskite_rows(tmp_path / "perov.csv", 40)
+    export = tiny_export(tmp_path / "pretrained", [TaskSpec.for_target("formation_energy", name="heat")])
+    out = tmp_path / "folds"
+    code = cli_main([str(export), "--data", str(data), "--target", "band_gap", "--folds", "5", "--out", str(out),
+                     "max_steps=2", f"cache_dir={tmp_path / 'cache'}", "log.tensorboard=false",
+                     "log.progress=false", "distributed.device=cpu", "checkpoints.every=100"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    folds = report["folds"]["per_fold"]
+    assert [f["records"] for f in folds] == [{"train": 29, "val": 3, "test": 8}] * 5
+    assert all(f["steps"] == 2 and Path(f["export"]).parent == out / f"fold{f['fold']}" for f in folds)
+    for f in folds:
+        assert f["metrics"]["mae"] == pytest.approx(f["finetune_test"]["mae"], rel=1e-5)
+    maes = [f["metrics"]["mae"] for f in folds]
+    assert report["folds"]["mae"]["mean"] == pytest.approx(np.mean(maes))
+    assert report["folds"]["mae"]["std"] == pytest.approx(np.std(maes))
+    assert report["metrics"]["n"] == 40 and math.isfinite(report["metrics"]["r2"])
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    expected = KFold(5, shuffle=True, random_state=18012019).split(np.arange(40))
+    assert [sorted(i for i, r in enumerate(rows) if r["fold"] == str(k)) for k in range(5)] == \
+        [sorted(test.tolist()) for _, test in expected]
+    assert (out / "parity.png").stat().st_size > 5000
+    assert "mae over folds" in capsys.readouterr().out
