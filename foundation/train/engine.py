@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,18 +15,28 @@ from .distributed import DistInfo
 __all__ = ["param_groups", "build_engine", "compute_dtype"]
 
 
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: matrices decay; biases, norm scales and the loss's log-variances do not."""
-    decay, keep = [], []
+def param_groups(module: nn.Module, weight_decay: float,
+                 lr_scale: Callable[[str], float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups: matrices decay; biases, norm scales and the loss's log-variances do not.
+    Frozen parameters (requires_grad False) are left out.
+
+    `lr_scale(name)`: a factor on the scheduled learning rate per parameter (layer-wise decay in
+    fine-tuning); parameters are then grouped by (decay, factor) and each group carries its
+    factor as "lr_scale", which the loop multiplies into the lr at every step."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.startswith("loss."):
-            keep.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        decays = not (p.ndim <= 1 or name.startswith("loss."))
+        scale = 1.0 if lr_scale is None else float(lr_scale(name))
+        groups.setdefault((decays, scale), []).append(p)
+    out = []
+    for (decays, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][1])):
+        group = {"params": params, "weight_decay": weight_decay if decays else 0.0}
+        if lr_scale is not None:
+            group["lr_scale"] = scale
+        out.append(group)
+    return out
 
 
 def build_engine(
@@ -34,14 +45,16 @@ def build_engine(
     optimizer: OptimizerConfig,
     info: DistInfo,
     load_universal: bool = False,
+    lr_scale: Callable[[str], float] | None = None,
 ):
-    """(engine, ds_config). The module is moved to `info.device`; DeepSpeed casts it for bf16/fp16."""
+    """(engine, ds_config). The module is moved to `info.device`; DeepSpeed casts it for bf16/fp16.
+    `lr_scale`: per-parameter learning-rate factors (see `param_groups`)."""
     import deepspeed
 
     ds_config = deepspeed_config(dist, optimizer, load_universal=load_universal)
     module = module.to(info.device)
     engine, _, _, _ = deepspeed.initialize(
-        model=module, model_parameters=param_groups(module, optimizer.weight_decay), config=ds_config
+        model=module, model_parameters=param_groups(module, optimizer.weight_decay, lr_scale), config=ds_config
     )
     return engine, ds_config
 

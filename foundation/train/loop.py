@@ -104,10 +104,15 @@ class Trainer:
         prepare: Callable[[Any], Any],
         writer=None,
         zero_stage: int = 0,
+        on_eval: Callable[[int, dict[str, Any]], bool] | None = None,
+        desc: str = "pretrain",
     ):
         self.engine, self.ema, self.stream, self.val_splits = engine, ema, stream, val_splits
         self.tasks, self.info, self.run_dir, self.s = tasks, info, Path(run_dir), settings
         self.prepare, self.writer, self.zero_stage = prepare, writer, zero_stage
+        # Called with (step, metrics) after every scheduled evaluation; True stops the run there
+        # (early stopping). The metrics are reduced over ranks, so every rank decides alike.
+        self.on_eval, self.desc = on_eval, desc
         self.state = TrainState()
         self.units = {t.name: t.unit for t in tasks}
         self._logs: dict[str, list[float]] = defaultdict(list)
@@ -142,7 +147,7 @@ class Trainer:
         if boundary:
             lr = learning_rate(self.state.step, self.s.optimizer.lr, self.s.max_steps, self.s.schedule)
             for group in self.engine.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise decay (engine.param_groups)
         self.engine.step()
         self.state.train_s += time.perf_counter() - t0
         return boundary, float(red[1]) / self.info.world_size
@@ -219,7 +224,7 @@ class Trainer:
             return self._run(tqdm)
 
     def _run(self, tqdm) -> dict[str, Any]:
-        bar = tqdm(total=self.s.max_steps, initial=self.state.step, desc="pretrain", unit="step",
+        bar = tqdm(total=self.s.max_steps, initial=self.state.step, desc=self.desc, unit="step",
                    disable=not (self.info.is_main and self.s.log.progress), dynamic_ncols=True)
         # A run resumed at its last step still evaluates (its metrics were not kept) but does
         # not rewrite the checkpoint it came from.
@@ -238,12 +243,16 @@ class Trainer:
                             skipped=self.state.skipped)
             if self.info.is_main and step % self.s.log.every == 0:
                 self._log_train(loss)
+            stop = False
             if step % self.s.eval.every == 0 or step == self.s.max_steps:
-                self.evaluate()
+                metrics = self.evaluate()
                 last_eval = step
+                stop = self.on_eval is not None and self.on_eval(step, metrics)
             if step % self.s.checkpoint.every == 0 or step == self.s.max_steps:
                 self.checkpoint()
                 last_ckpt = step
+            if stop:
+                break
         bar.close()
         if last_eval != self.state.step:
             self.evaluate()

@@ -1,0 +1,170 @@
+"""Fine-tuning pieces that need no training run: freezing depths, layer-wise learning rates,
+derived labels, the late-starting EMA, early stopping's bookkeeping, and config errors that
+stop before anything starts (unknown key, missing file or checkpoint, bad freeze)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from foundation.config import ConfigError, from_dict, load_yaml
+from foundation.model import FoundationModel, ModelConfig, TaskSpec
+from foundation.train.engine import param_groups
+from foundation.train.finetune import (FinetuneConfig, config_from_args, encoder_depth, freeze_encoder, load_config,
+                                       lr_scales, parse_args, validate)
+from foundation.train.finetune_config import EarlyStoppingConfig
+from foundation.train.finetune_data import _derived
+from foundation.train.finetune_weights import DelayedEMA, EarlyStopping
+from foundation.train.loop import Objective
+from foundation.train.loss import MultiTaskLoss
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def _model(n_layers: int = 2) -> FoundationModel:
+    cfg = from_dict(ModelConfig, {**load_yaml(ROOT / "configs/model/tiny.yaml"), "n_layers": n_layers})
+    return FoundationModel(cfg, [TaskSpec.for_target("band_gap"), TaskSpec.for_target("is_metal")])
+
+
+def _encoder_names(model) -> list[str]:
+    return [n for n, _ in model.named_parameters() if n.startswith("encoder.")]
+
+
+def test_encoder_depth_names_embedding_blocks_and_heads():
+    assert encoder_depth("encoder.embedding.weight") == 0
+    assert encoder_depth("model.encoder.blocks.0.linear_in.weight") == 1
+    assert encoder_depth("encoder.blocks.2.radial_mlp.layer0.weight") == 3
+    assert encoder_depth("encoder.ewald.1.charges.weight") == 2
+    assert encoder_depth("model.heads.band_gap.mlp.0.weight") is None
+    assert encoder_depth("heads.encoder.mlp.0.weight") is None  # a task named "encoder"
+    assert encoder_depth("loss.log_vars") is None
+
+
+def test_freeze_first_k_freezes_exactly_the_embedding_and_first_k_blocks():
+    model = _model(n_layers=3)
+    for k in range(4):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        frozen = set(freeze_encoder(model, k))
+        expected = {n for n in _encoder_names(model) if n.startswith("encoder.embedding.")
+                    or any(n.startswith(f"encoder.blocks.{b}.") for b in range(k))}
+        assert frozen == expected, k
+        for name, p in model.named_parameters():
+            assert p.requires_grad == (name not in expected), (k, name)
+
+
+def test_freeze_none_and_whole_encoder():
+    model = _model()
+    assert freeze_encoder(model, -1) == []
+    assert set(freeze_encoder(model, 2)) == set(_encoder_names(model))  # "encoder" = depth L
+
+
+def test_lr_decay_groups_have_the_expected_ratios():
+    model = _model(n_layers=2)
+    objective = Objective(model, MultiTaskLoss(list(model.tasks.values())))
+    groups = param_groups(objective, 0.01, lr_scales(0.5, 2))
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    for name, p in objective.named_parameters():
+        if name.startswith("model.heads.") or name.startswith("loss."):
+            expected = 1.0
+        elif name.startswith("model.encoder.blocks.1."):
+            expected = 0.5  # last block: lr·D
+        elif name.startswith("model.encoder.blocks.0."):
+            expected = 0.25  # first block: lr·D^L
+        else:
+            assert name.startswith("model.encoder.embedding."), name
+            expected = 0.125  # embedding: lr·D^(L+1)
+        assert scale_of[id(p)] == expected, name
+    # frozen parameters get no group; decay still follows the matrix/bias rule
+    freeze_encoder(model, 0)
+    groups = param_groups(objective, 0.01, lr_scales(0.5, 2))
+    assert id(model.encoder.embedding.weight) not in {id(p) for g in groups for p in g["params"]}
+    assert {g["weight_decay"] for g in groups} == {0.0, 0.01}
+
+
+def test_param_groups_without_scales_are_the_pretraining_groups():
+    objective = Objective(_model(), MultiTaskLoss([TaskSpec.for_target("band_gap"), TaskSpec.for_target("is_metal")]))
+    groups = param_groups(objective, 0.1)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0] and all("lr_scale" not in g for g in groups)
+
+
+def test_derived_labels():
+    labels = {"wien2k_B": 100.0, "band_gap": 0.0, "zero": 0.0}
+    assert _derived("log10(wien2k_B)", labels) == pytest.approx(2.0)
+    assert _derived("wien2k_B", labels) == 100.0
+    assert _derived("band_gap <= 0", labels) == 1.0 and _derived("band_gap > 0.5", labels) == 0.0
+    assert _derived("log10(zero)", labels) is None and _derived("log10(missing)", labels) is None
+
+
+def test_delayed_ema_copies_then_averages():
+    model = torch.nn.Linear(2, 1)
+    ema = DelayedEMA(model, decay=0.5, start=2)
+    for step in range(1, 4):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        before = ema.module.weight.clone()
+        ema.update(model.named_parameters())
+        if step <= 2:
+            assert torch.equal(ema.module.weight, model.weight)
+        else:
+            assert torch.allclose(ema.module.weight, before + 0.9 * (model.weight - before))  # min(0.5, 1/10)=0.1
+
+
+def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
+    model = torch.nn.Linear(1, 1)
+    task = TaskSpec.for_target("band_gap")
+    stop = EarlyStopping(EarlyStoppingConfig(patience=2), True, [task], "d", {"band_gap": 2.0}, lambda: model)
+    maes = [0.5, 0.4, 0.45, 0.41]
+    decisions = []
+    for step, mae in enumerate(maes, 1):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        decisions.append(stop(step, {"d": {"band_gap": {"mae": mae, "rmse": mae, "n": 3}}}))
+    assert decisions == [False, False, False, True]
+    assert stop.best_step == 2 and stop.best == pytest.approx(0.4) and float(stop.best_state["weight"]) == 2.0
+    loss = EarlyStopping(EarlyStoppingConfig(monitor="loss"), True, [task, TaskSpec.for_target("is_metal")], "d",
+                         {"band_gap": 2.0}, lambda: model)
+    assert loss.value({"d": {"band_gap": {"mae": 0.5}, "is_metal": {"roc_auc": 0.75}}}) == pytest.approx(0.25)
+    assert math.isnan(loss.value({}))
+
+
+def _cfg(**over) -> dict:
+    return {"checkpoint": "nowhere", "data": {"path": str(DATA / "materials_project/summary.jsonl.gz")},
+            "tasks": [{"target": "band_gap"}], "max_steps": 5, **over}
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"early_stopping\.patiense: unknown key"):
+        from_dict(FinetuneConfig, _cfg(early_stopping={"patiense": 3}))
+    with pytest.raises(ConfigError, match=r"freeze"):
+        from_dict(FinetuneConfig, _cfg(freeze="blocks:2"))
+    with pytest.raises(ConfigError, match=r"max_steps or epochs"):
+        from_dict(FinetuneConfig, {k: v for k, v in _cfg().items() if k != "max_steps"})
+    with pytest.raises(ConfigError, match=r"data: derive\.y: "):
+        from_dict(FinetuneConfig, _cfg(data={"path": "x", "derive": {"y": "sqrt(x)"}}))
+    with pytest.raises(ConfigError, match=r"^checkpoint: .*nowhere"):
+        validate(from_dict(FinetuneConfig, _cfg()))
+    path = tmp_path / "ft.yaml"
+    path.write_text("data: {path: missing.json}\ntasks: [{target: band_gap}]\nmax_steps: 3\nlr_decay: 2.0\n")
+    with pytest.raises(ConfigError, match=r"lr_decay must lie in \(0, 1\]"):
+        load_config(path)
+
+
+def test_cli_flags_override_the_yaml(tmp_path):
+    path = tmp_path / "ft.yaml"
+    path.write_text("data: {path: a.json.gz, format: matbench, options: {targets: [e_form]}, limit: 9}\n"
+                    "tasks: [{target: formation_energy_per_atom}, {target: band_gap}]\nmax_steps: 3\n")
+    args = parse_args(["--config", str(path), "--data", "b.csv", "--target", "heat_all", "--kind", "regression",
+                       "--freeze", "first:1", "--lr-decay", "0.5", "--keep-heads", "max_steps=7"])
+    cfg = config_from_args(args)
+    assert cfg.data.path == "b.csv" and cfg.data.format is None and cfg.data.options == {} and cfg.data.limit == 9
+    assert cfg.tasks == [{"target": "heat_all", "kind": "regression"}]
+    assert (cfg.freeze, cfg.lr_decay, cfg.keep_heads, cfg.max_steps) == ("first:1", 0.5, True, 7)
+    with pytest.raises(ConfigError, match="apply to one task"):
+        config_from_args(parse_args(["--config", str(path), "--task-name", "x"]))
+    bare = config_from_args(parse_args(["--data", "c.json", "--target", "band_gap", "--drop-heads"]))
+    assert bare.epochs is not None and bare.keep_heads is False
