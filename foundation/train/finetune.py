@@ -103,21 +103,16 @@ def _trainer(res: Resolved, engine, ema, dirs: dict[str, str], info, on_eval):
                    zero_stage=cfg.distributed.zero_stage, on_eval=on_eval, desc="finetune")
 
 
-def _finish(res: Resolved, model, best_step: int, shard_dir: str, counts: dict[str, Any], training: dict[str, Any],
-            stopper: EarlyStopping, device) -> dict[str, Any]:
-    """Rank 0: evaluate the exported weights on val and test, export, table, summary.json."""
-    from ..model import save_export
-
+def _summary(res: Resolved, results: dict[str, Any], best_step: int, shard_dir: str, counts: dict[str, Any],
+             training: dict[str, Any], stopper: EarlyStopping) -> dict[str, Any]:
     cfg, run_dir = res.config, Path(res.config.run_dir)
-    model.to(device)
-    results = {"validation": split_metrics(model, res, shard_dir, "val", device),
-               "test": split_metrics(model, res, shard_dir, "test", device)}
     data = {"path": res.data_path, "format": res.data_format, "name": res.data_name, "derive": cfg.data.derive,
             "shards": shard_dir, "counts": {k: counts[k] for k in ("read", "written", "rejected")} | {
                 "splits": {s: v["records"] for s, v in counts["splits"].items()}}}
-    summary = {
+    best = stopper.best if math.isfinite(stopper.best) else None
+    return {
         "export": str(run_dir / "export"), "best_step": int(best_step), "steps": training["steps"],
-        "stopped_early": stopper.stopped, "monitor": {"name": cfg.early_stopping.monitor, "best": stopper.best},
+        "stopped_early": stopper.stopped, "monitor": {"name": stopper.describe(), "best": best},
         "validation": results["validation"] or {},
         **({"test": results["test"]} if results["test"] is not None else {}),
         "checkpoint": res.checkpoint, "from_scratch": cfg.from_scratch, "data": data,
@@ -125,14 +120,27 @@ def _finish(res: Resolved, model, best_step: int, shard_dir: str, counts: dict[s
         "kept_heads": res.kept, "replaced_heads": res.replaced, "freeze": cfg.freeze, "lr_decay": cfg.lr_decay,
         "run_dir": str(run_dir), "train_seconds": training["train_seconds"], "training": training,
     }
+
+
+def _finish(res: Resolved, model, best_step: int, shard_dir: str, counts: dict[str, Any], training: dict[str, Any],
+            stopper: EarlyStopping, device) -> dict[str, Any]:
+    """Rank 0: evaluate the exported weights on val and test, export, table, summary.json."""
+    from ..model import save_export
+
+    run_dir = Path(res.config.run_dir)
+    model.to(device)
+    results = {"validation": split_metrics(model, res, shard_dir, "val", device),
+               "test": split_metrics(model, res, shard_dir, "test", device)}
+    summary = _summary(res, results, best_step, shard_dir, counts, training, stopper)
     extra = {"finetune": {k: summary[k] for k in ("checkpoint", "from_scratch", "data", "tasks", "best_step",
                                                     "steps", "freeze", "lr_decay", "kept_heads", "replaced_heads")},
              "metrics": {k: v for k, v in results.items() if v is not None}}
     save_export(model.cpu(), run_dir / "export", extra=extra)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     units = {t.name: t.unit for t in res.tasks}
-    log.info("fine-tuned %s: best step %d of %d%s, exported to %s\n%s", res.data_name, best_step, training["steps"],
-             " (stopped early)" if stopper.stopped else "", run_dir / "export",
+    log.info("fine-tuned on %s: exported the weights of step %d (%s) of %d steps%s to %s; their metrics:\n%s",
+             res.data_name, best_step, "best validation " + stopper.describe() if stopper.enabled else "the last",
+             training["steps"], " (stopped early)" if stopper.stopped else "", run_dir / "export",
              metrics_table({k: v for k, v in results.items() if v is not None}, units))
     return summary
 

@@ -194,6 +194,20 @@ def _resolve_data(data: DataConfig) -> tuple[str, str, dict[str, Any], str]:
     return str(path), fmt, options, data.name or stem
 
 
+def _csv_columns(path: str, fmt: str, options: dict[str, Any], tasks: list[Any]) -> dict[str, Any]:
+    """Reader options that also read a task's CSV column: cif_csv reads only the label columns it
+    knows by default (CSV_COLUMNS), so a task naming another column (heat_ref) asks for it."""
+    if fmt != "cif_csv" or "targets" in options:
+        return options
+    from ..data.readers.cif_csv import CSV_COLUMNS, read_csv_rows
+
+    header, rows = read_csv_rows(Path(path))
+    next(rows, None)
+    rows.close()  # closes the file
+    extra = [t.target for t in tasks if t.target in header and t.target not in CSV_COLUMNS]
+    return {**options, "targets": [c for c in header if c in CSV_COLUMNS] + extra} if extra else options
+
+
 def _aliases() -> dict[str, str]:
     """Native label names the readers map to canonical targets (heat_all, e_form, gap pbe, gap)."""
     from ..data.readers.ase_db import KEY_ALIASES
@@ -281,6 +295,7 @@ def validate(cfg: FinetuneConfig) -> Resolved:
     if cfg.distributed.precision == "fp16" and (cfg.distributed.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("distributed.precision: fp16 needs a CUDA device; use bf16 or fp32")
     path, fmt, options, name = _resolve_data(cfg.data)
+    options = _csv_columns(path, fmt, options, tasks)
     kept, replaced = _head_plan(pretrained, tasks, cfg.keep_heads)
     return Resolved(cfg, where, pretrained, tasks, kept, replaced, _frozen_depth(cfg.freeze, model_cfg.n_layers),
                     loader, path, fmt, options, name)

@@ -99,6 +99,13 @@ class EarlyStopping:
             return m["mae"] / (self.stds.get(task.name, 1.0) if normalise else 1.0)
         return 1.0 - m["roc_auc"]
 
+    def describe(self) -> str:
+        """What is monitored, in words."""
+        if self.cfg.monitor == "loss":
+            return "mean normalised error of the tasks"
+        main = self.tasks[0]
+        return f"{main.name} " + ("1 - ROC-AUC" if main.kind == "classification" else "MAE")
+
     def value(self, metrics: dict[str, Any]) -> float:
         """The monitored value (lower is better; NaN when the metrics lack it)."""
         if self.cfg.monitor == "main":
@@ -116,7 +123,7 @@ class EarlyStopping:
         self.stopped = self.enabled and self.bad >= self.cfg.patience
         if self.stopped:
             log.info("early stopping at step %d: no improvement of the validation %s in %d evaluations "
-                     "(best %.4g at step %s)", step, self.cfg.monitor, self.bad, self.best, self.best_step)
+                     "(best %.4g at step %s)", step, self.describe(), self.bad, self.best, self.best_step)
         return self.stopped
 
 

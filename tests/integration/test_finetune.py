@@ -19,7 +19,7 @@ from foundation.config import ConfigError, from_dict, load_yaml
 from foundation.data.readers import read
 from foundation.data.stream import LoaderConfig, build_loader
 from foundation.model import FoundationModel, ModelConfig, TaskSpec, load_export, save_export
-from foundation.train.finetune import FinetuneConfig, cli_main, finetune, validate
+from foundation.train.finetune import FinetuneConfig, cli_main, config_from_args, finetune, parse_args, validate
 from foundation.train.finetune_data import _shard_key
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,8 @@ def pretrained(tmp_path_factory) -> Path:
              TaskSpec.for_target("band_gap"), TaskSpec.for_target("is_metal"),
              TaskSpec.for_target("energy", name="mp_energy"),
              TaskSpec.for_target("forces", name="mp_forces", forces_of="mp_energy")]
-    model = FoundationModel(config, tasks, normalization={"band_gap": (0.5, 1.2)}, element_refs={"mp_energy": {8: -4.9}})
+    model = FoundationModel(config, tasks, normalization={"band_gap": (0.5, 1.2)},
+                            element_refs={"mp_energy": {8: -4.9}})
     return save_export(model, tmp_path_factory.mktemp("pretrained") / "export")
 
 
@@ -70,13 +71,15 @@ def test_dcdft_fine_tunes_end_to_end_from_one_command(pretrained, cache, tmp_pat
     summary = json.loads((run / "summary.json").read_text())
     assert {"export", "best_step", "validation", "test"} <= set(summary)
     assert summary["data"]["counts"]["read"] == 71 and summary["data"]["counts"]["rejected"] == 0
-    assert math.isfinite(summary["validation"]["bulk_modulus"]["mae"]) and summary["validation"]["bulk_modulus"]["n"] > 0
+    val = summary["validation"]["bulk_modulus"]
+    assert math.isfinite(val["mae"]) and val["n"] > 0
     model = load_export(summary["export"])
     assert list(model.tasks) == ["bulk_modulus"]  # pretrained heads dropped by default
     task = model.tasks["bulk_modulus"]
     assert (task.target, task.unit, task.kind) == ("log10_bulk_modulus", "log10(GPa)", "regression")
     extra = json.loads((run / "export" / "config.json").read_text())["extra"]
-    assert extra["finetune"]["checkpoint"] == str(pretrained) and extra["finetune"]["best_step"] == summary["best_step"]
+    assert extra["finetune"]["checkpoint"] == str(pretrained)
+    assert extra["finetune"]["best_step"] == summary["best_step"]
     assert "validation  bulk_modulus" in out and "training records: expect a noisy" in out
 
 
@@ -85,6 +88,13 @@ def test_the_launcher_checks_a_config_without_starting_anything(pretrained):
                            str(ROOT / "configs/finetune/dcdft.yaml"), "--checkpoint", str(pretrained), "--check"],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0 and "config ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs/finetune").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_validates(config, pretrained):
+    res = validate(config_from_args(parse_args(["--config", str(config), "--checkpoint", str(pretrained)])))
+    assert res.tasks and Path(res.data_path).is_file()
+    assert res.config.max_steps is not None and res.config.early_stopping.enabled
 
 
 def test_frozen_encoder_kept_heads_and_a_replaced_head(pretrained, cache, tmp_path, capsys):

@@ -1,6 +1,5 @@
-"""Fine-tuning pieces that need no training run: freezing depths, layer-wise learning rates,
-derived labels, the late-starting EMA, early stopping's bookkeeping, and config errors that
-stop before anything starts (unknown key, missing file or checkpoint, bad freeze)."""
+"""Fine-tuning weights without a training run: freezing depths, layer-wise learning-rate groups,
+the late-starting EMA, and early stopping's bookkeeping (foundation/train/finetune_weights.py)."""
 
 from __future__ import annotations
 
@@ -10,19 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from foundation.config import ConfigError, from_dict, load_yaml
+from foundation.config import from_dict, load_yaml
 from foundation.model import FoundationModel, ModelConfig, TaskSpec
 from foundation.train.engine import param_groups
-from foundation.train.finetune import (FinetuneConfig, config_from_args, encoder_depth, freeze_encoder, load_config,
-                                       lr_scales, parse_args, validate)
+from foundation.train.finetune import encoder_depth, freeze_encoder, lr_scales
 from foundation.train.finetune_config import EarlyStoppingConfig
-from foundation.train.finetune_data import _derived
 from foundation.train.finetune_weights import DelayedEMA, EarlyStopping
 from foundation.train.loop import Objective
 from foundation.train.loss import MultiTaskLoss
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 
 
 def _model(n_layers: int = 2) -> FoundationModel:
@@ -92,14 +88,6 @@ def test_param_groups_without_scales_are_the_pretraining_groups():
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0] and all("lr_scale" not in g for g in groups)
 
 
-def test_derived_labels():
-    labels = {"wien2k_B": 100.0, "band_gap": 0.0, "zero": 0.0}
-    assert _derived("log10(wien2k_B)", labels) == pytest.approx(2.0)
-    assert _derived("wien2k_B", labels) == 100.0
-    assert _derived("band_gap <= 0", labels) == 1.0 and _derived("band_gap > 0.5", labels) == 0.0
-    assert _derived("log10(zero)", labels) is None and _derived("log10(missing)", labels) is None
-
-
 def test_delayed_ema_copies_then_averages():
     model = torch.nn.Linear(2, 1)
     ema = DelayedEMA(model, decay=0.5, start=2)
@@ -130,41 +118,3 @@ def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
                          {"band_gap": 2.0}, lambda: model)
     assert loss.value({"d": {"band_gap": {"mae": 0.5}, "is_metal": {"roc_auc": 0.75}}}) == pytest.approx(0.25)
     assert math.isnan(loss.value({}))
-
-
-def _cfg(**over) -> dict:
-    return {"checkpoint": "nowhere", "data": {"path": str(DATA / "materials_project/summary.jsonl.gz")},
-            "tasks": [{"target": "band_gap"}], "max_steps": 5, **over}
-
-
-def test_config_errors_name_the_field(tmp_path):
-    with pytest.raises(ConfigError, match=r"early_stopping\.patiense: unknown key"):
-        from_dict(FinetuneConfig, _cfg(early_stopping={"patiense": 3}))
-    with pytest.raises(ConfigError, match=r"freeze"):
-        from_dict(FinetuneConfig, _cfg(freeze="blocks:2"))
-    with pytest.raises(ConfigError, match=r"max_steps or epochs"):
-        from_dict(FinetuneConfig, {k: v for k, v in _cfg().items() if k != "max_steps"})
-    with pytest.raises(ConfigError, match=r"data: derive\.y: "):
-        from_dict(FinetuneConfig, _cfg(data={"path": "x", "derive": {"y": "sqrt(x)"}}))
-    with pytest.raises(ConfigError, match=r"^checkpoint: .*nowhere"):
-        validate(from_dict(FinetuneConfig, _cfg()))
-    path = tmp_path / "ft.yaml"
-    path.write_text("data: {path: missing.json}\ntasks: [{target: band_gap}]\nmax_steps: 3\nlr_decay: 2.0\n")
-    with pytest.raises(ConfigError, match=r"lr_decay must lie in \(0, 1\]"):
-        load_config(path)
-
-
-def test_cli_flags_override_the_yaml(tmp_path):
-    path = tmp_path / "ft.yaml"
-    path.write_text("data: {path: a.json.gz, format: matbench, options: {targets: [e_form]}, limit: 9}\n"
-                    "tasks: [{target: formation_energy_per_atom}, {target: band_gap}]\nmax_steps: 3\n")
-    args = parse_args(["--config", str(path), "--data", "b.csv", "--target", "heat_all", "--kind", "regression",
-                       "--freeze", "first:1", "--lr-decay", "0.5", "--keep-heads", "max_steps=7"])
-    cfg = config_from_args(args)
-    assert cfg.data.path == "b.csv" and cfg.data.format is None and cfg.data.options == {} and cfg.data.limit == 9
-    assert cfg.tasks == [{"target": "heat_all", "kind": "regression"}]
-    assert (cfg.freeze, cfg.lr_decay, cfg.keep_heads, cfg.max_steps) == ("first:1", 0.5, True, 7)
-    with pytest.raises(ConfigError, match="apply to one task"):
-        config_from_args(parse_args(["--config", str(path), "--task-name", "x"]))
-    bare = config_from_args(parse_args(["--data", "c.json", "--target", "band_gap", "--drop-heads"]))
-    assert bare.epochs is not None and bare.keep_heads is False

@@ -1,0 +1,62 @@
+"""Fine-tuning configuration: derived labels, config errors that stop before anything starts
+(unknown key, bad freeze/derive/budget, missing checkpoint), and CLI flags over the YAML
+(foundation/train/finetune_config.py, finetune_data.py, finetune.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from foundation.config import ConfigError, from_dict
+from foundation.train.finetune import FinetuneConfig, config_from_args, load_config, parse_args, validate
+from foundation.train.finetune_data import _derived
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def test_derived_labels():
+    labels = {"wien2k_B": 100.0, "band_gap": 0.0, "zero": 0.0}
+    assert _derived("log10(wien2k_B)", labels) == pytest.approx(2.0)
+    assert _derived("wien2k_B", labels) == 100.0
+    assert _derived("band_gap <= 0", labels) == 1.0 and _derived("band_gap > 0.5", labels) == 0.0
+    assert _derived("log10(zero)", labels) is None and _derived("log10(missing)", labels) is None
+
+
+def _cfg(**over) -> dict:
+    return {"checkpoint": "nowhere", "data": {"path": str(DATA / "materials_project/summary.jsonl.gz")},
+            "tasks": [{"target": "band_gap"}], "max_steps": 5, **over}
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"early_stopping\.patiense: unknown key"):
+        from_dict(FinetuneConfig, _cfg(early_stopping={"patiense": 3}))
+    with pytest.raises(ConfigError, match=r"freeze"):
+        from_dict(FinetuneConfig, _cfg(freeze="blocks:2"))
+    with pytest.raises(ConfigError, match=r"max_steps or epochs"):
+        from_dict(FinetuneConfig, {k: v for k, v in _cfg().items() if k != "max_steps"})
+    with pytest.raises(ConfigError, match=r"data: derive\.y: "):
+        from_dict(FinetuneConfig, _cfg(data={"path": "x", "derive": {"y": "sqrt(x)"}}))
+    with pytest.raises(ConfigError, match=r"^checkpoint: .*nowhere"):
+        validate(from_dict(FinetuneConfig, _cfg()))
+    path = tmp_path / "ft.yaml"
+    path.write_text("data: {path: missing.json}\ntasks: [{target: band_gap}]\nmax_steps: 3\nlr_decay: 2.0\n")
+    with pytest.raises(ConfigError, match=r"lr_decay must lie in \(0, 1\]"):
+        load_config(path)
+
+
+def test_cli_flags_override_the_yaml(tmp_path):
+    path = tmp_path / "ft.yaml"
+    path.write_text("data: {path: a.json.gz, format: matbench, options: {targets: [e_form]}, limit: 9}\n"
+                    "tasks: [{target: formation_energy_per_atom}, {target: band_gap}]\nmax_steps: 3\n")
+    args = parse_args(["--config", str(path), "--data", "b.csv", "--target", "heat_all", "--kind", "regression",
+                       "--freeze", "first:1", "--lr-decay", "0.5", "--keep-heads", "max_steps=7"])
+    cfg = config_from_args(args)
+    assert cfg.data.path == "b.csv" and cfg.data.format is None and cfg.data.options == {} and cfg.data.limit == 9
+    assert cfg.tasks == [{"target": "heat_all", "kind": "regression"}]
+    assert (cfg.freeze, cfg.lr_decay, cfg.keep_heads, cfg.max_steps) == ("first:1", 0.5, True, 7)
+    with pytest.raises(ConfigError, match="apply to one task"):
+        config_from_args(parse_args(["--config", str(path), "--task-name", "x"]))
+    bare = config_from_args(parse_args(["--data", "c.json", "--target", "band_gap", "--drop-heads"]))
+    assert bare.epochs is not None and bare.keep_heads is False
