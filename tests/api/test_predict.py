@@ -63,6 +63,11 @@ def test_deterministic_and_batch_size_independent(predictor, crystals):
     # rotation: scalars unchanged, forces rotate with the structure
     np.testing.assert_allclose(reference["energy"][5], reference["energy"][1], atol=1e-10)
     np.testing.assert_allclose(reference["forces"][5], reference["forces"][1] @ random_rotation(4).T, atol=1e-10)
+    subset = predictor.predict(inputs, tasks=["band_gap", "is_metal"])  # heads only, no gradients
+    assert list(subset) == ["band_gap", "is_metal"]
+    np.testing.assert_allclose(subset["band_gap"], reference["band_gap"], rtol=0, atol=1e-12)
+    with pytest.raises(KeyError, match="unknown task.*'gap'"):
+        predictor.predict(inputs, tasks=["gap"])
     empty = predictor.predict([])
     assert empty["energy"].shape == (0,) and empty["forces"].shape == (0,)
 
