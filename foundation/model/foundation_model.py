@@ -128,16 +128,27 @@ class FoundationModel(nn.Module):
             preds = {name: head(encoded, batch) for name, head in self.heads.items()}
             create_graph = self.training and grad_was_enabled
             if self.forces_on_own_datasets and _disjoint_datasets(force_tasks, batch):
-                preds.update(_own_dataset_forces(preds, force_tasks, batch, positions, create_graph))
+                cell = {t.forces_of: _cell_energy(preds[t.forces_of], self.tasks[t.forces_of], batch)
+                        for t in force_tasks}
+                preds.update(_own_dataset_forces(cell, force_tasks, batch, positions, create_graph))
             else:
                 for spec in force_tasks:
-                    preds[spec.name] = forces_from_energy(preds[spec.forces_of], positions, create_graph)
+                    energy = _cell_energy(preds[spec.forces_of], self.tasks[spec.forces_of], batch)
+                    preds[spec.name] = forces_from_energy(energy, positions, create_graph)
         if not grad_was_enabled:
             preds = {name: value.detach() for name, value in preds.items()}
         return {name: preds[name] for name in self.tasks}
 
     def extra_repr(self) -> str:
         return "tasks=" + ", ".join(f"{t.name}({t.level}, {t.unit or '-'})" for t in self.tasks.values())
+
+
+def _cell_energy(energy: torch.Tensor, spec: TaskSpec, batch: Batch) -> torch.Tensor:
+    """[n_graphs] eV of the whole cell: an eV/atom energy task times its atom count, so that
+    F = -dE_cell/dx whichever way the energy is labelled."""
+    if spec.extensive:
+        return energy
+    return energy * batch.n_atoms.to(energy.dtype)
 
 
 def _disjoint_datasets(force_tasks: list[TaskSpec], batch: Batch) -> bool:
@@ -152,13 +163,14 @@ def _disjoint_datasets(force_tasks: list[TaskSpec], batch: Batch) -> bool:
 
 def _own_dataset_forces(preds: dict[str, torch.Tensor], force_tasks: list[TaskSpec], batch: Batch,
                         positions: torch.Tensor, create_graph: bool) -> dict[str, torch.Tensor]:
-    """{force task: [n_atoms, 3] eV/Å}, each nonzero only on atoms of its datasets' records."""
+    """{force task: [n_atoms, 3] eV/Å}, each nonzero only on atoms of its datasets' records;
+    `preds` holds each energy task's cell energy [n_graphs] eV."""
     total = positions.new_zeros(1)
     atom_masks = {}
     for spec in force_tasks:
         records = torch.tensor([d in spec.datasets for d in batch.datasets], dtype=torch.bool,
                                device=positions.device)  # [n_graphs]
-        energy = preds[spec.forces_of]  # [n_graphs], as the per-task path differentiates it
+        energy = preds[spec.forces_of]  # [n_graphs] eV per cell, as the per-task path differentiates it
         total = total + torch.where(records, energy, torch.zeros_like(energy)).sum()
         atom_masks[spec.name] = records.index_select(0, batch.batch).unsqueeze(-1)  # [n_atoms, 1]
     forces = forces_from_energy(total, positions, create_graph)  # [n_atoms, 3]

@@ -190,3 +190,19 @@ def test_bf16_model_keeps_exact_references_and_pools_in_float32(batch):
     assert p["energy"].dtype == torch.float32 and p["forces"].shape == (batch.positions.shape[0], 3)
     # bf16 alone would resolve ~-5000 eV only to 32 eV; the learned part stays bf16-accurate.
     assert (p["energy"] - exact).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("own_datasets", [False, True])
+def test_forces_of_an_eV_per_atom_energy_are_of_the_whole_cell(batch, own_datasets):
+    """F = -d(N·e)/dx for an intensive energy task: the same forces as its extensive twin."""
+    specs = [TaskSpec.for_target("energy_per_atom", name="e_atom"),
+             TaskSpec.for_target("forces", name="f_atom", forces_of="e_atom"),
+             TaskSpec.for_target("energy", name="e_cell"),
+             TaskSpec.for_target("forces", name="f_cell", forces_of="e_cell")]
+    torch.manual_seed(3)
+    model = FoundationModel(CONFIG, specs, dtype=torch.float64)
+    model.heads["e_cell"].load_state_dict(model.heads["e_atom"].state_dict())  # same per-atom terms
+    model.forces_on_own_datasets = own_datasets
+    p = model(batch)
+    torch.testing.assert_close(p["e_cell"], p["e_atom"] * batch.n_atoms.double())
+    torch.testing.assert_close(p["f_atom"], p["f_cell"], rtol=1e-10, atol=1e-12)
