@@ -37,7 +37,8 @@ from .finetune_data import check_labels, metrics_table, prepare_data, split_metr
 from .finetune_weights import DelayedEMA, EarlyStopping, encoder_depth, export_model, freeze_encoder, lr_scales
 
 __all__ = ["DataConfig", "EarlyStoppingConfig", "FinetuneConfig", "Resolved", "load_config", "validate",
-           "finetune", "encoder_depth", "freeze_encoder", "lr_scales", "metrics_table", "cli_main"]
+           "finetune", "encoder_depth", "freeze_encoder", "lr_scales", "metrics_table", "parse_args",
+           "config_from_args", "cli_main"]
 
 log = logging.getLogger("foundation.train")
 
@@ -154,7 +155,7 @@ def _run(res: Resolved, split, info) -> dict[str, Any]:
 
     cfg, run_dir = res.config, Path(res.config.run_dir)
     shard_dir = prepare_data(res, split, info)
-    counts = check_labels(res, shard_dir)
+    counts = check_labels(res, shard_dir, report=info.is_main)
     dirs = {res.data_name: shard_dir}
     objective, normalization = _objective(res, dirs)
     ema = DelayedEMA(objective, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None

@@ -295,6 +295,9 @@ def validate(cfg: FinetuneConfig) -> Resolved:
     if cfg.distributed.precision == "fp16" and (cfg.distributed.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("distributed.precision: fp16 needs a CUDA device; use bf16 or fp32")
     path, fmt, options, name = _resolve_data(cfg.data)
+    for i, task in enumerate(tasks):
+        if task.datasets and task.datasets != (name,):
+            raise ConfigError(f"tasks[{i}].datasets: a fine-tune reads one dataset, {name!r}; leave datasets out")
     options = _csv_columns(path, fmt, options, tasks)
     kept, replaced = _head_plan(pretrained, tasks, cfg.keep_heads)
     return Resolved(cfg, where, pretrained, tasks, kept, replaced, _frozen_depth(cfg.freeze, model_cfg.n_layers),

@@ -142,37 +142,47 @@ def prepare_data(res, split, info) -> str:
     return where
 
 
-def check_labels(res, shard_dir: str) -> dict[str, Any]:
-    """ConfigError for a target absent from the data or non-0/1 classification labels; logs the
-    record counts. Returns the manifest's counts."""
-    from ..data.shard_format import read_manifest
-
-    labels = json.loads((Path(shard_dir) / "labels.json").read_text())
+def _check_targets(res, labels: dict[str, dict[str, int]]) -> None:
     found = labels["found"]
     for i, task in enumerate(res.tasks):
         if not found.get(task.target):
             listing = ", ".join(f"{k} ({n})" for k, n in sorted(found.items())) or "none"
             raise ConfigError(f"tasks[{i}].target: {res.data_path} ({res.data_format}) has no label "
                               f"{task.target!r}; labels found (records): {listing}")
-    bad = [k for k in labels["non_binary"] if k.split("=")[0] in {t.target for t in res.tasks}]
-    if bad:
-        raise ConfigError(f"tasks: a classification target needs labels 0 or 1; found {', '.join(bad[:5])} "
-                          "(use kind regression, or derive a 0/1 label: data.derive)")
-    counts = read_manifest(shard_dir)["counts"]
-    splits = {s: v["records"] for s, v in counts["splits"].items()}
-    reasons = Counter()
+    if labels["non_binary"]:
+        raise ConfigError(f"tasks: a classification target needs labels 0 or 1; found "
+                          f"{', '.join(list(labels['non_binary'])[:5])} (use kind regression, or derive a 0/1 "
+                          "label with data.derive)")
+
+
+def _reject_reasons(shard_dir: str) -> Counter:
+    reasons: Counter = Counter()
     with open(Path(shard_dir) / "rejects.jsonl") as fh:
         for line in fh:
             reasons[json.loads(line)["reason"].split(":")[0][:80]] += 1
-    log.info("data %s: read %d records, kept %d (train %d, val %d, test %d), rejected %d%s -> %s", res.data_name,
-             counts["read"], counts["written"], splits["train"], splits["val"], splits["test"], counts["rejected"],
-             "".join(f"; {n} x {r}" for r, n in reasons.most_common(3)), shard_dir)
+    return reasons
+
+
+def check_labels(res, shard_dir: str, report: bool = True) -> dict[str, Any]:
+    """ConfigError for a target absent from the data, non-0/1 classification labels or an empty
+    train split; with `report`, logs the record counts (and warns of a tiny train or no val split).
+    Returns the manifest's counts."""
+    from ..data.shard_format import read_manifest
+
+    _check_targets(res, json.loads((Path(shard_dir) / "labels.json").read_text()))
+    counts = read_manifest(shard_dir)["counts"]
+    splits = {s: v["records"] for s, v in counts["splits"].items()}
     if splits["train"] == 0:
         raise ConfigError(f"data: no training record in {res.data_path} (kept {counts['written']})")
-    if splits["train"] < SMALL_TRAIN:
-        log.warning("only %d training records: expect a noisy fine-tune that overfits easily", splits["train"])
-    if splits["val"] == 0:
-        log.warning("no validation records: no early stopping, the last weights are exported")
+    if report:
+        reasons = "".join(f"; {n} x {r}" for r, n in _reject_reasons(shard_dir).most_common(3))
+        log.info("data %s: read %d records, kept %d (train %d, val %d, test %d), rejected %d%s -> %s",
+                 res.data_name, counts["read"], counts["written"], splits["train"], splits["val"], splits["test"],
+                 counts["rejected"], reasons, shard_dir)
+        if splits["train"] < SMALL_TRAIN:
+            log.warning("only %d training records: expect a noisy fine-tune that overfits easily", splits["train"])
+        if splits["val"] == 0:
+            log.warning("no validation records: no early stopping, the last weights are exported")
     return counts
 
 

@@ -177,5 +177,7 @@ def test_a_target_the_data_lacks_or_non_binary_labels_stop_before_training(pretr
     with pytest.raises(ConfigError, match=r"classification target needs labels 0 or 1; found band_gap="):
         finetune(_config(pretrained, cache, tmp_path / "b", tasks=[{"target": "band_gap", "kind": "classification"}]))
     assert not (tmp_path / "a" / "export").exists() and not (tmp_path / "b" / "checkpoints").exists()
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.datasets: a fine-tune reads one dataset, 'summary'"):
+        validate(_config(pretrained, cache, tmp_path / "c", tasks=[{"target": "band_gap", "datasets": ["mp"]}]))
     rc = cli_main(["--checkpoint", str(pretrained), "--data", str(DATA / "missing.json"), "--target", "band_gap"])
     assert rc == 2 and "data.path: no such file" in capsys.readouterr().err
