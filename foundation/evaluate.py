@@ -38,6 +38,7 @@ import numpy as np
 from .config import to_dict
 from .data.crystal import Crystal
 from .data.records import Reject
+from .data.shards import sha256_file
 from .data.targets import target_info
 
 __all__ = [
@@ -296,14 +297,6 @@ def _plot(kind: str, labels, preds, out: Path, name: str, unit: str, title: str)
 
 
 # -- single evaluation -------------------------------------------------------------------------------
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _report_head(checkpoint: str | Path, data: LabelledData, requested: str) -> dict[str, Any]:
     from . import __version__
 
@@ -313,7 +306,7 @@ def _report_head(checkpoint: str | Path, data: LabelledData, requested: str) -> 
         "checkpoint": str(Path(checkpoint).resolve()),
         "data": {"path": data.path, "file": str(Path(data.file).resolve()), "format": data.format,
                  "options": data.options, "derive": data.derive,
-                 "sha256": _sha256(data.file) if Path(data.file).is_file() else None},
+                 "sha256": sha256_file(data.file) if Path(data.file).is_file() else None},
         "target": requested,
         "label": data.target,
         "counts": {"read": data.read, "kept": len(data.crystals), "rejected": len(data.rejects),
