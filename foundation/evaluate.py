@@ -135,7 +135,7 @@ def _read_records(path: str, fmt: str, options: Mapping[str, Any], limit: int | 
     """The first `limit` records, each validated (defaults) and given its `derive`d labels."""
     from .data import readers
     from .data.validate import validate
-    from .train.finetune_data import _derived
+    from .train.finetune_data import derived_label
 
     crystals, rejects = [], []
     for i, record in enumerate(readers.read(path, fmt, **options)):
@@ -143,7 +143,7 @@ def _read_records(path: str, fmt: str, options: Mapping[str, Any], limit: int | 
             break
         if isinstance(record, Crystal):
             for name, expr in derive.items():
-                value = _derived(expr, record.targets)
+                value = derived_label(expr, record.targets)
                 if value is not None:
                     record.targets[name] = value
             record = validate(record, path=path)
@@ -152,11 +152,11 @@ def _read_records(path: str, fmt: str, options: Mapping[str, Any], limit: int | 
 
 
 def _resolve_target(name: str, present: set[str]) -> str | None:
-    from .train.finetune_config import _aliases
+    from .train.finetune_config import target_aliases
 
     if name in present:
         return name
-    alias = _aliases().get(name)
+    alias = target_aliases().get(name)
     return alias if alias in present else None
 
 
@@ -167,9 +167,9 @@ def read_labelled(path: str | Path, target: str, format: str | None = None, *, l
     native label names (`heat_all`, `e_form`, `gap`) and `derive`d labels (`{"log10_k":
     "log10(bulk_modulus)"}`); a CSV column the reader does not map by default is read on request.
     Raises ValueError naming the file and listing the targets present when `target` is absent."""
-    from .train.finetune_config import DataConfig, _resolve_data
+    from .train.finetune_config import DataConfig, resolve_data
 
-    file, fmt, options, _ = _resolve_data(DataConfig(path=str(path), format=format, options=dict(options or {})))
+    file, fmt, options, _ = resolve_data(DataConfig(path=str(path), format=format, options=dict(options or {})))
     derive = dict(derive or {})
     crystals, rejects = _read_records(file, fmt, options, limit, derive)
     present = {k for c in crystals for k in c.targets}

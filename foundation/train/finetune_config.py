@@ -20,7 +20,7 @@ from .config import (CheckpointConfig, DistributedConfig, EMAConfig, EvalConfig,
                      ScheduleConfig)
 
 __all__ = ["DataConfig", "EarlyStoppingConfig", "FinetuneConfig", "Resolved", "load_config", "validate",
-           "LOADER_DEFAULTS", "DERIVE"]
+           "LOADER_DEFAULTS", "DERIVE", "resolve_data", "target_aliases"]
 
 LOADER_DEFAULTS = {"max_atoms": 256}  # smaller batches than pretraining: more steps on small data
 # data.derive expressions: "key", "log10(key)", "key <op> number" (a 0/1 label)
@@ -165,7 +165,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 # -- validation (no process group) ----------------------------------------------------------------
-def _resolve_data(data: DataConfig) -> tuple[str, str, dict[str, Any], str]:
+def resolve_data(data: DataConfig) -> tuple[str, str, dict[str, Any], str]:
     """(path, format, reader options, dataset name); "ase:<name>" is an ase.collections database."""
     from ..data.readers import FORMATS, detect_format
 
@@ -208,7 +208,7 @@ def _csv_columns(path: str, fmt: str, options: dict[str, Any], tasks: list[Any])
     return {**options, "targets": [c for c in header if c in CSV_COLUMNS] + extra} if extra else options
 
 
-def _aliases() -> dict[str, str]:
+def target_aliases() -> dict[str, str]:
     """Native label names the readers map to canonical targets (heat_all, e_form, gap pbe, gap)."""
     from ..data.readers.ase_db import KEY_ALIASES
     from ..data.readers.cif_csv import CSV_COLUMNS
@@ -224,7 +224,7 @@ def _task_specs(cfg: FinetuneConfig) -> list[Any]:
     from ..model import TaskSpec
     from .pretrain import _task
 
-    aliases, specs = _aliases(), []
+    aliases, specs = target_aliases(), []
     for i, mapping in enumerate(cfg.tasks):
         if not isinstance(mapping, dict):
             raise ConfigError(f"tasks[{i}]: expected a mapping of TaskSpec fields, got {type(mapping).__name__}")
@@ -294,7 +294,7 @@ def validate(cfg: FinetuneConfig) -> Resolved:
                           "(whole on every rank): set ema.enabled and eval.use_ema true, or use ZeRO 0-2")
     if cfg.distributed.precision == "fp16" and (cfg.distributed.device == "cpu" or not torch.cuda.is_available()):
         raise ConfigError("distributed.precision: fp16 needs a CUDA device; use bf16 or fp32")
-    path, fmt, options, name = _resolve_data(cfg.data)
+    path, fmt, options, name = resolve_data(cfg.data)
     for i, task in enumerate(tasks):
         if task.datasets and task.datasets != (name,):
             raise ConfigError(f"tasks[{i}].datasets: a fine-tune reads one dataset, {name!r}; leave datasets out")

@@ -27,14 +27,15 @@ import torch
 from ..config import ConfigError
 from .finetune_config import DERIVE
 
-__all__ = ["GivenSplit", "prepare_data", "check_labels", "split_metrics", "metrics_table", "SMALL_TRAIN"]
+__all__ = ["GivenSplit", "derived_label", "prepare_data", "check_labels", "split_metrics", "metrics_table",
+           "SMALL_TRAIN"]
 
 log = logging.getLogger("foundation.train")
 
 SMALL_TRAIN = 100  # fewer training records than this: a warning (a noisy, easily overfitted fine-tune)
 
 
-def _derived(expr: str, labels: dict[str, Any]) -> float | None:
+def derived_label(expr: str, labels: dict[str, Any]) -> float | None:
     m = DERIVE.match(expr)
     key = m["log"] or m["key"]
     value = labels.get(key)
@@ -66,7 +67,7 @@ def _records(res, tally: dict[str, Counter]) -> Iterator:
             continue
         labels = dict(record.targets)
         for name, expr in derive.items():
-            value = _derived(expr, labels)
+            value = derived_label(expr, labels)
             if value is not None:
                 labels[name] = value
         tally["found"].update(labels)

@@ -10,7 +10,7 @@ import pytest
 
 from foundation.config import ConfigError, from_dict
 from foundation.train.finetune import FinetuneConfig, config_from_args, load_config, parse_args, validate
-from foundation.train.finetune_data import _derived
+from foundation.train.finetune_data import derived_label
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
@@ -18,10 +18,10 @@ DATA = ROOT.parent / "shared" / "data"
 
 def test_derived_labels():
     labels = {"wien2k_B": 100.0, "band_gap": 0.0, "zero": 0.0}
-    assert _derived("log10(wien2k_B)", labels) == pytest.approx(2.0)
-    assert _derived("wien2k_B", labels) == 100.0
-    assert _derived("band_gap <= 0", labels) == 1.0 and _derived("band_gap > 0.5", labels) == 0.0
-    assert _derived("log10(zero)", labels) is None and _derived("log10(missing)", labels) is None
+    assert derived_label("log10(wien2k_B)", labels) == pytest.approx(2.0)
+    assert derived_label("wien2k_B", labels) == 100.0
+    assert derived_label("band_gap <= 0", labels) == 1.0 and derived_label("band_gap > 0.5", labels) == 0.0
+    assert derived_label("log10(zero)", labels) is None and derived_label("log10(missing)", labels) is None
 
 
 def _cfg(**over) -> dict:
