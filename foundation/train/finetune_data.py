@@ -193,6 +193,7 @@ def split_metrics(model, res, shard_dir: str, split: str, device) -> dict[str, A
     from ..data.shard_format import read_manifest
     from ..data.stream import build_loader
     from ..evaluate import classification_metrics, regression_metrics
+    from .metrics import label_mask
 
     if not read_manifest(shard_dir)["counts"]["splits"][split]["records"]:
         return None
@@ -206,9 +207,7 @@ def split_metrics(model, res, shard_dir: str, split: str, device) -> dict[str, A
         for task in res.tasks:
             if task.target not in batch.targets:
                 continue
-            mask = batch.masks[task.target]  # [n_graphs] or [n_atoms]
-            if task.level == "atom" and batch.fixed is not None:
-                mask = mask & ~batch.fixed
+            mask = label_mask(task, batch)
             rows[task.name][0].append(out[task.name].detach()[mask].reshape(-1).double().cpu())
             rows[task.name][1].append(batch.targets[task.target][mask].reshape(-1).double().cpu())
     result = {}

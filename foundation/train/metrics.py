@@ -16,7 +16,16 @@ import torch
 
 from .distributed import DistInfo, all_gather_rows, all_reduce
 
-__all__ = ["MetricAccumulator", "evaluate", "summary_table"]
+__all__ = ["MetricAccumulator", "evaluate", "label_mask", "summary_table"]
+
+
+def label_mask(task: Any, batch) -> torch.Tensor:
+    """[n_graphs] or [n_atoms] bool: where `task`'s label is present in `batch`; atoms held fixed
+    in the DFT run (`batch.fixed`, OC20) carry no force label."""
+    mask = batch.masks[task.target]
+    if getattr(task, "level", "structure") == "atom" and batch.fixed is not None:
+        mask = mask & ~batch.fixed
+    return mask
 
 
 class MetricAccumulator:
@@ -41,9 +50,7 @@ class MetricAccumulator:
                 continue
             if getattr(task, "datasets", ()) and dataset not in task.datasets:
                 continue  # this dataset's labels under that key belong to another task
-            mask = batch.masks[task.target]  # [n_graphs] or [n_atoms] bool
-            if getattr(task, "level", "structure") == "atom" and batch.fixed is not None:
-                mask = mask & ~batch.fixed  # atoms held fixed in the DFT run carry no force label
+            mask = label_mask(task, batch)
             if not bool(mask.any()):
                 continue
             pred = preds[task.name].detach()[mask].to(torch.float64).cpu()
