@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from foundation.data import readers  # noqa: E402
 from foundation.data.graph import neighbor_graph  # noqa: E402
 from foundation.data.shards import write_shards  # noqa: E402
-from foundation.data.stream import LoaderConfig, build_loader  # noqa: E402
+from foundation.data.shards.stream import LoaderConfig, build_loader  # noqa: E402
 
 MP2018 = DATA / "mp2018" / "mp2018.json.gz"
 OC20 = DATA / "oc20" / "trajectories"

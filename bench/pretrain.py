@@ -42,7 +42,7 @@ def _run(config: str, run_dir: Path, nproc: int, threads: int, steps: int) -> di
         env.pop(key, None)
     never = str(10 * steps)
     script = [str(ROOT / "launch/pretrain.py"), "--config", config, f"run_dir={run_dir}", f"max_steps={steps}",
-              f"eval.every={never}", "eval.at_start=false", "eval.max_batches=1", f"checkpoint.every={never}",
+              f"eval.every={never}", "eval.at_start=false", "eval.max_batches=1", f"checkpoints.every={never}",
               "export=false", "log.progress=false", "log.tensorboard=false"]
     cmd = [sys.executable, *script] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",

@@ -1,19 +1,38 @@
-"""foundation: multi-task equivariant foundation models for crystalline materials."""
+"""foundation: multi-task equivariant foundation models for crystalline materials.
 
-from .data.crystal import Crystal
-from .nn.ewald import ewald_energy
+The public API, importable without DeepSpeed or the training code:
 
-__version__ = "0.1.0"
+    foundation.Crystal                       the record every reader yields
+    foundation.load_model(path).predict(s)   every task of an export, for Structures/Atoms/Crystals
+    foundation.load_encoder(path).embed(s)   structure or atom features (numpy)
+    foundation.predict(path, s), foundation.embed(path, s)   the same in one call
+    foundation.ewald_energy(...)             the Ewald sum of point charges
 
-__all__ = ["Crystal", "ewald_energy", "load_model", "load_encoder", "__version__"]
+Names are resolved when first used (`__getattr__` below, one plain mapping): importing torch and
+the model takes seconds, and the command line (`foundation --help`) must not pay for it.
+"""
 
-_LAZY = {"load_model": "foundation.api", "load_encoder": "foundation.api"}
+from ._version import __version__
+
+__all__ = ["Crystal", "ewald_energy", "load_model", "load_encoder", "predict", "embed", "__version__"]
+
+_EXPORTS = {
+    "Crystal": "foundation.data.crystal",
+    "ewald_energy": "foundation.nn.ewald",
+    "load_model": "foundation.api",
+    "load_encoder": "foundation.api",
+    "predict": "foundation.api",
+    "embed": "foundation.api",
+}
 
 
 def __getattr__(name: str):
-    # The checkpoint API imports the model and readers: only when first used.
-    if name in _LAZY:
+    if name in _EXPORTS:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'foundation' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,5 +1,5 @@
-"""Using a checkpoint: predictions (`load_model`), frozen encoder features (`load_encoder`), and
-the `foundation predict` / `foundation embed` commands.
+"""Using a checkpoint: predictions (`load_model`, `predict`) and frozen encoder features
+(`load_encoder`, `embed`); the `foundation predict` / `foundation embed` commands are in `cli/`.
 
     predictor = foundation.load_model("runs/sample")     # run dir, export dir, or a file inside it
     predictor.units                                      # {"band_gap": "eV", "is_metal": "probability", ...}
@@ -21,11 +21,6 @@ choice of periodic cell (a supercell gives the same features).
 
 from __future__ import annotations
 
-import argparse
-import csv
-import itertools
-import sys
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +35,9 @@ from .data.records import Reject
 from .data.validate import validate
 from .model import FoundationModel, TaskSpec, load_export
 from .model.encoder import Encoder
-from .model.export import ExportError
+from tqdm.auto import tqdm
 
-__all__ = ["Predictor", "Embedder", "load_model", "load_encoder", "as_crystals", "cli_main"]
+__all__ = ["Predictor", "Embedder", "load_model", "load_encoder", "predict", "embed", "as_crystals", "model_input"]
 
 
 # -- inputs ---------------------------------------------------------------------------------------
@@ -58,7 +53,7 @@ def as_crystals(items: Iterable[Any]) -> list[Crystal]:
     return crystals
 
 
-def _model_input(crystal: Crystal, max_atomic_number: int) -> Crystal | str:
+def model_input(crystal: Crystal, max_atomic_number: int) -> Crystal | str:
     """The crystal as the model takes it (labels dropped; a left-handed periodic cell replaced by
     the same lattice with every vector negated, positions unchanged), or why it cannot be used."""
     crystal = crystal.replace(targets={})
@@ -69,10 +64,10 @@ def _model_input(crystal: Crystal, max_atomic_number: int) -> Crystal | str:
 
 
 def _ready(crystals: list[Crystal], max_atomic_number: int) -> list[Crystal]:
-    """`_model_input` of each crystal; raises ValueError naming the first one that fails."""
+    """`model_input` of each crystal; raises ValueError naming the first one that fails."""
     ready = []
     for index, crystal in enumerate(crystals):
-        checked = _model_input(crystal, max_atomic_number)
+        checked = model_input(crystal, max_atomic_number)
         if isinstance(checked, str):
             name = "" if crystal.id == f"#{index}" else f" (id {crystal.id!r})"
             raise ValueError(f"structure {index}{name} cannot be processed: {checked}")
@@ -107,9 +102,8 @@ def _object_array(parts: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _progress(total: int | None, enabled: bool | None, desc: str):
-    from tqdm.auto import tqdm
-
+def progress_bar(total: int | None, enabled: bool | None, desc: str):
+    """A tqdm bar of structures (`enabled` None: shown on a terminal only)."""
     return tqdm(total=total, disable=not enabled if enabled is not None else None, unit="structure",
                 desc=desc, dynamic_ncols=True)
 
@@ -143,9 +137,9 @@ class Predictor:
         gradient is computed, which makes structure-level predictions several times faster.
         """
         crystals = _ready(as_crystals(structures), self.model.config.max_atomic_number)
-        return self._run(crystals, batch_size, progress, self._selected(tasks))
+        return self.run(crystals, batch_size, progress, self.selected(tasks))
 
-    def _selected(self, tasks: Iterable[str] | None) -> list[str]:
+    def selected(self, tasks: Iterable[str] | None) -> list[str]:
         names = list(self.model.tasks) if tasks is None else list(tasks)
         unknown = [name for name in names if name not in self.model.tasks]
         if unknown:
@@ -159,14 +153,14 @@ class Predictor:
         encoded = self.model.encoder(batch)
         return {name: self.model.heads[name](encoded, batch) for name in names}
 
-    def _run(self, crystals: list[Crystal], batch_size: int, progress: bool | None,
+    def run(self, crystals: list[Crystal], batch_size: int, progress: bool | None,
              names: list[str]) -> dict[str, np.ndarray]:
-        """`predict` of tasks `names` on crystals already through `_model_input`."""
+        """`predict` of tasks `names` on crystals already through `model_input` (the CLI's path)."""
         self.model.eval()
         dtype = next(self.model.parameters()).dtype
         specs = {name: self.model.tasks[name] for name in names}
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        with torch.no_grad(), _progress(len(crystals), progress, "predict") as bar:
+        with torch.no_grad(), progress_bar(len(crystals), progress, "predict") as bar:
             for batch in _batches(crystals, self.model.config.cutoff, dtype, self.device, batch_size):
                 preds = self._forward(batch, names)
                 splits = np.cumsum(_numpy(batch.n_atoms))[:-1]
@@ -218,15 +212,15 @@ class Embedder:
         if level not in ("structure", "atom"):
             raise ValueError(f"level must be 'structure' or 'atom', got {level!r}")
         crystals = _ready(as_crystals(structures), self.encoder.config.max_atomic_number)
-        return self._run(crystals, level, batch_size, progress)
+        return self.run(crystals, level, batch_size, progress)
 
-    def _run(self, crystals: list[Crystal], level: str, batch_size: int, progress: bool | None) -> np.ndarray:
-        """`embed` on crystals already through `_model_input`."""
+    def run(self, crystals: list[Crystal], level: str, batch_size: int, progress: bool | None) -> np.ndarray:
+        """`embed` on crystals already through `model_input` (the CLI's path)."""
         self.encoder.eval()
         dtype = next(self.encoder.parameters()).dtype
         key = "graph_features" if level == "structure" else "node_invariants"
         parts = []
-        with torch.no_grad(), _progress(len(crystals), progress, "embed") as bar:
+        with torch.no_grad(), progress_bar(len(crystals), progress, "embed") as bar:
             for batch in _batches(crystals, self.encoder.config.cutoff, dtype, self.device, batch_size):
                 parts.append(_numpy(self.encoder(batch)[key]))  # [n_graphs or n_atoms, F]
                 bar.update(batch.n_graphs)
@@ -241,241 +235,13 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Embedd
     return Embedder(load_export(path, map_location=device).encoder.eval(), device)
 
 
-# -- command line ---------------------------------------------------------------------------------
-@dataclass
-class _Record:
-    file: str
-    crystal: Crystal  # as read, labels included
-    ready: Crystal  # model input
+def predict(path: str | Path, structures: Iterable[Any], device: str | torch.device = "cpu",
+            **options) -> dict[str, np.ndarray]:
+    """`load_model(path, device).predict(structures, **options)` in one call."""
+    return load_model(path, device).predict(structures, **options)
 
 
-def _read_file(path: Path, format: str | None, limit: int | None) -> Iterator[Crystal | Reject]:
-    """Records of one file: a database file through `foundation.data.readers.read`, otherwise a
-    single CIF/POSCAR/extxyz/... structure (pymatgen, then ASE). Unreadable files become a Reject."""
-    from .data.readers import _read_single_structure, detect_format, read
-
-    if not path.exists():
-        yield Reject("(file)", "", "no such file or directory", str(path))
-        return
-    try:
-        format = format or detect_format(path)
-    except ValueError:
-        format = None
-    try:
-        if format is None:
-            yield _read_single_structure(path)
-            return
-        yield from itertools.islice(read(path, format), limit)
-    except Exception as exc:  # a whole file the readers cannot parse: report it, go on with the rest
-        yield Reject("(file)", "", f"cannot read ({type(exc).__name__}: {exc})", str(path))
-
-
-def _records(paths: list[Path], format: str | None, limit: int | None, max_z: int,
-             rejects: list[tuple[str, Reject]]) -> Iterator[_Record]:
-    """Usable records of every file, in file order; rejects (reader's or validation's) are appended."""
-    for path in paths:
-        for record in _read_file(path, format, limit):
-            if isinstance(record, Reject):
-                rejects.append((str(path), record))
-                continue
-            ready = _model_input(record, max_z)
-            if isinstance(ready, str):
-                rejects.append((str(path), Reject(record.id, record.source, ready, str(path))))
-            else:
-                yield _Record(str(path), record, ready)
-
-
-def _chunks(records: Iterator[_Record], size: int) -> Iterator[list[_Record]]:
-    while chunk := list(itertools.islice(records, size)):
-        yield chunk
-
-
-def _formula(numbers: np.ndarray) -> str:
-    from ase.data import chemical_symbols
-    from ase.formula import Formula
-
-    return Formula.from_list([chemical_symbols[z] for z in numbers]).format("metal")
-
-
-def _report(n_ok: int, rejects: list[tuple[str, Reject]], shown: int = 20) -> None:
-    print(f"read {n_ok + len(rejects)} structure(s): {n_ok} used, {len(rejects)} rejected")
-    for file, reject in rejects[:shown]:
-        print(f"  rejected {file}: {reject.id}: {reject.reason}")
-    if len(rejects) > shown:
-        reasons = Counter(r.reason.split(" (")[0] for _, r in rejects[shown:])
-        print(f"  ... and {len(rejects) - shown} more: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common(5)))
-
-
-def _columns(name: str, spec: TaskSpec, unit: str) -> list[str]:
-    label = unit or "-"
-    if spec.dim == 1:
-        return [f"{name} ({label})"]
-    return [f"{name}[{k}] ({label})" for k in range(spec.dim)]
-
-
-def _truth_columns(columns: list[str]) -> list[str]:
-    """"band_gap (eV)" -> "band_gap true"."""
-    return [c.rsplit(" (", 1)[0] + " true" for c in columns]
-
-
-def _numeric(label: Any) -> np.ndarray | None:
-    """A label as a flat float array, or None when it is missing, not numeric or not finite."""
-    try:
-        value = np.asarray(label, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        return None
-    return value if label is not None and value.size and np.isfinite(value).all() else None
-
-
-def _row(record: _Record, predictor: Predictor, values: dict[str, np.ndarray], i: int) -> dict[str, Any]:
-    crystal = record.crystal
-    row: dict[str, Any] = {"file": record.file, "id": crystal.id, "formula": _formula(crystal.numbers),
-                           "n_atoms": crystal.n_atoms}
-    for name, spec in predictor.tasks.items():
-        if spec.level != "structure":
-            continue
-        columns = _columns(name, spec, predictor.units[name])
-        row.update(zip(columns, map(str, np.atleast_1d(values[name][i]))))  # float32: shortest repr
-        label = _numeric(crystal.targets.get(spec.target))
-        if label is not None and label.size == spec.dim:
-            row.update(zip(_truth_columns(columns), label.tolist()))
-    return row
-
-
-def _write_csv(rows: list[dict[str, Any]], predictor: Predictor, out: Path) -> None:
-    header = ["file", "id", "formula", "n_atoms"]
-    present = {key for row in rows for key in row}
-    for name, spec in predictor.tasks.items():
-        if spec.level == "structure":
-            columns = _columns(name, spec, predictor.units[name])
-            header += columns + [t for t in _truth_columns(columns) if t in present]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="export directory, run directory holding export/, or its config.json")
-    parser.add_argument("files", nargs="+", type=Path,
-                        help="structure files: any database file foundation reads, or single CIF/POSCAR/... files")
-    parser.add_argument("--format", default=None, help="reader format for every file (default: detected per file)")
-    parser.add_argument("--batch-size", type=int, default=64, help="structures per model batch")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
-    parser.add_argument("--limit", type=int, default=None, help="read at most N records of each file")
-
-
-def _predict_main(args: argparse.Namespace) -> int:
-    predictor = load_model(args.checkpoint, args.device)
-    atom_tasks = [n for n, s in predictor.tasks.items() if s.level == "atom"]
-    names = [n for n in predictor.tasks if args.forces_out or n not in atom_tasks]  # forces cost gradients
-    rejects: list[tuple[str, Reject]] = []
-    rows: list[dict[str, Any]] = []
-    atom_parts: dict[str, list[np.ndarray]] = {n: [] for n in atom_tasks}
-    kept: list[_Record] = []
-    records = _records(args.files, args.format, args.limit, predictor.model.config.max_atomic_number, rejects)
-    with _progress(None, None, "predict") as bar:
-        for chunk in _chunks(records, args.batch_size):
-            values = predictor._run([r.ready for r in chunk], args.batch_size, False, names)
-            rows += [_row(record, predictor, values, i) for i, record in enumerate(chunk)]
-            if args.forces_out:
-                kept += chunk
-                for name in atom_tasks:
-                    atom_parts[name] += list(values[name])
-            bar.update(len(chunk))
-    _report(len(rows), rejects)
-    _write_csv(rows, predictor, args.out)
-    print(f"wrote {len(rows)} prediction row(s) of {len(predictor.tasks) - len(atom_tasks)} structure-level "
-          f"task(s) to {args.out}")
-    if atom_tasks and args.forces_out:
-        _write_atom_predictions(args.forces_out, kept, atom_parts)
-        print(f"wrote atom-level task(s) {atom_tasks} to {args.forces_out}")
-    elif atom_tasks:
-        print(f"atom-level task(s) {atom_tasks} are not CSV columns; --forces-out FILE.npz writes them")
-    return 0 if rows else 1
-
-
-def _write_atom_predictions(out: Path, records: list[_Record], parts: dict[str, list[np.ndarray]]) -> None:
-    """npz: ids, files, n_atoms [n], offsets [n + 1] (rows of structure i: offsets[i]:offsets[i+1]),
-    numbers [Σ n_i], and one [Σ n_i, dim] array per atom-level task."""
-    n_atoms = np.array([r.crystal.n_atoms for r in records], dtype=np.int64)
-    arrays = {name: np.concatenate(v) if v else np.zeros((0, 3)) for name, v in parts.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, ids=np.array([r.crystal.id for r in records], dtype=str),
-             files=np.array([r.file for r in records], dtype=str), n_atoms=n_atoms,
-             offsets=np.concatenate([[0], np.cumsum(n_atoms)]),
-             numbers=np.concatenate([r.crystal.numbers for r in records]) if records else np.zeros(0, np.int64),
-             **arrays)
-
-
-def _labels(records: list[_Record]) -> dict[str, np.ndarray]:
-    """{"label_<name>": [n] float, NaN where missing} for every scalar numeric label of the records."""
-    def scalar(value: Any) -> float:
-        number = _numeric(value) if np.ndim(value) == 0 else None
-        return float(number[0]) if number is not None else np.nan
-
-    names = sorted({k for r in records for k, v in r.crystal.targets.items() if np.isfinite(scalar(v))})
-    return {f"label_{name}": np.array([scalar(r.crystal.targets.get(name)) for r in records]) for name in names}
-
-
-def _embed_main(args: argparse.Namespace) -> int:
-    embedder = load_encoder(args.checkpoint, args.device)
-    rejects: list[tuple[str, Reject]] = []
-    kept: list[_Record] = []
-    parts: list[np.ndarray] = []
-    records = _records(args.files, args.format, args.limit, embedder.encoder.config.max_atomic_number, rejects)
-    with _progress(None, None, "embed") as bar:
-        for chunk in _chunks(records, args.batch_size):
-            parts.append(embedder._run([r.ready for r in chunk], args.level, args.batch_size, False))
-            kept += chunk
-            bar.update(len(chunk))
-    _report(len(kept), rejects)
-    n_atoms = np.array([r.crystal.n_atoms for r in kept], dtype=np.int64)
-    features = np.concatenate(parts) if parts else np.zeros((0, embedder.n_features))
-    extra = {}
-    if args.level == "atom":
-        extra = {"offsets": np.concatenate([[0], np.cumsum(n_atoms)]),
-                 "numbers": np.concatenate([r.crystal.numbers for r in kept]) if kept else np.zeros(0, np.int64)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out, features=features, level=np.array(args.level),
-             ids=np.array([r.crystal.id for r in kept], dtype=str),
-             files=np.array([r.file for r in kept], dtype=str), n_atoms=n_atoms, **extra, **_labels(kept))
-    print(f"wrote {args.level}-level features {features.shape} to {args.out}")
-    return 0 if kept else 1
-
-
-def _parser(command: str) -> argparse.ArgumentParser:
-    if command == "predict":
-        parser = argparse.ArgumentParser(
-            prog="foundation predict", description="Predict every task of a checkpoint for structure files: "
-            "one CSV row per structure, one column per structure-level task (classification: probability), "
-            "and '<task> true' where the files carry the label.")
-        _common_args(parser)
-        parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write")
-        parser.add_argument("--forces-out", type=Path, default=None,
-                            help="also write atom-level tasks (forces) to this .npz")
-        return parser
-    if command == "embed":
-        parser = argparse.ArgumentParser(
-            prog="foundation embed", description="Frozen encoder features of structure files to .npz "
-            "(features, ids, files, n_atoms, label_<name> for every label the files carry).")
-        _common_args(parser)
-        parser.add_argument("--out", type=Path, required=True, help=".npz to write")
-        parser.add_argument("--level", choices=("structure", "atom"), default="structure",
-                            help="structure: [n, F] means; atom: [Σ n_i, F] with offsets and numbers")
-        return parser
-    raise ValueError(f"foundation.api has no command {command!r}; it has predict and embed")
-
-
-def cli_main(argv: list[str] | None = None, command: str = "predict") -> int:
-    """`foundation predict ...` / `foundation embed ...`; returns the exit status."""
-    args = _parser(command).parse_args(argv)
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
-        print(f"foundation {command}: --batch-size must be >= 1 and --limit >= 0", file=sys.stderr)
-        return 2
-    try:
-        return _predict_main(args) if command == "predict" else _embed_main(args)
-    except ExportError as exc:
-        print(f"foundation {command}: {exc}", file=sys.stderr)
-        return 2
+def embed(path: str | Path, structures: Iterable[Any], level: str = "structure", device: str | torch.device = "cpu",
+          **options) -> np.ndarray:
+    """`load_encoder(path, device).embed(structures, level, **options)` in one call."""
+    return load_encoder(path, device).embed(structures, level, **options)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from .api import Predictor, _model_input
+from .api import Predictor, model_input
 from .data.crystal import Crystal
 from .data.graph import collate, neighbor_graph
 from .model import FoundationModel, forces_from_energy, load_export
@@ -76,7 +76,7 @@ class FoundationCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        crystal = _model_input(Crystal.from_ase(self.atoms, id="atoms"), self.model.config.max_atomic_number)
+        crystal = model_input(Crystal.from_ase(self.atoms, id="atoms"), self.model.config.max_atomic_number)
         if isinstance(crystal, str):
             raise ValueError(f"{self.atoms.get_chemical_formula()}: cannot be computed: {crystal}")
         batch = collate([neighbor_graph(crystal, self.model.config.cutoff)], dtype=self.dtype).to(self.device)

@@ -12,6 +12,7 @@ Nothing mutates a config after it is built.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -42,6 +43,11 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        mapped = [a for a in options if dataclasses.is_dataclass(a)]
+        if len(options) == 1 or (isinstance(value, dict) and len(mapped) == 1):
+            # one way to read the value: its own error (which names the inner field) is the answer
+            return _convert(options[0] if len(options) == 1 else mapped[0], value, path)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -152,10 +158,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `data` with `a.b.c=value` overrides applied (values parsed as YAML)."""
-    import copy
+def _child(node: Any, part: str, key: str, create: bool) -> Any:
+    """`node[part]`: a mapping's key (made when `create`), or a list's index."""
+    if isinstance(node, list):
+        if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+            raise ConfigError(f"override {key}: {part!r} is not an index of a list of {len(node)}")
+        return node[int(part)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"override {key}: {part!r} is inside a {type(node).__name__}, not a mapping or list")
+    if create:
+        return node.setdefault(part, {})
+    return node[part]
 
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `data` with `a.b.c=value` overrides applied (values parsed as YAML); an
+    integer part indexes a list (`tasks.0.weight=2`)."""
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
@@ -164,8 +182,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key}: {part} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw)
+            node = _child(node, part, key, create=not isinstance(node, list))
+        last, value = parts[-1], yaml.safe_load(raw)
+        if isinstance(node, list):
+            _child(node, last, key, create=False)  # checks the index
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {key}: {last!r} is inside a {type(node).__name__}, not a mapping or list")
     return out

@@ -12,7 +12,7 @@ overrides both. A config error exits with status 2 and a message naming the fiel
 
 import sys
 
-from foundation.train.finetune import cli_main
+from foundation.cli.finetune import cli_main
 
 if __name__ == "__main__":
     sys.exit(cli_main(sys.argv[1:], command="finetune"))

@@ -11,7 +11,7 @@ A config error exits with status 2 and a message naming the field, before any pr
 
 import sys
 
-from foundation.train.pretrain import cli_main
+from foundation.cli.pretrain import cli_main
 
 if __name__ == "__main__":
     sys.exit(cli_main(sys.argv[1:], command="pretrain"))

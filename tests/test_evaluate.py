@@ -17,12 +17,12 @@ from foundation.evaluate import (
     MATBENCH_RANDOM_STATE,
     FoldSplit,
     classification_metrics,
-    cli_main,
     fold_indices,
     read_labelled,
     regression_metrics,
     select_task,
 )
+from foundation.cli.evaluate import cli_main
 from foundation.model import TaskSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +51,12 @@ def tiny_export(directory: Path, tasks: list[TaskSpec]) -> Path:
     import torch
 
     from foundation.config import from_dict, load_yaml
-    from foundation.model import FoundationModel, ModelConfig, save_export
+    from foundation.model import FoundationModel, ModelConfig, TaskStats, save_export
 
     torch.manual_seed(0)
     config = from_dict(ModelConfig, load_yaml(ROOT / "configs" / "model" / "tiny.yaml"))
-    normalization = {t.name: (-0.1, 0.3) for t in tasks if t.kind == "regression"}
-    return save_export(FoundationModel(config, tasks, normalization), directory)
+    stats = {t.name: TaskStats((-0.1,), (0.3,)) for t in tasks if t.kind == "regression"}
+    return save_export(FoundationModel(config, tasks, stats), directory)
 
 
 # -- metrics ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .crystal import Crystal
+from .graph import search_box
 
 __all__ = ["Fingerprint", "fingerprint", "DuplicateIndex", "pair_distances"]
 
@@ -54,11 +55,10 @@ def pair_distances(crystal: Crystal, cutoff: float) -> np.ndarray:
     """Distances (Å) of every pair i<j, and atom-image pairs, closer than `cutoff` (each once)."""
     from vesin import NeighborList
 
-    from .graph import _search_box
 
     if crystal.n_atoms == 1 and not crystal.pbc.any():
         return np.zeros(0)
-    box = _search_box(crystal.cell, crystal.pbc, crystal.positions)
+    box = search_box(crystal.cell, crystal.pbc, crystal.positions)
     (d,) = NeighborList(cutoff=float(cutoff), full_list=False).compute(
         points=crystal.positions, box=box, periodic=crystal.pbc.tolist(), quantities="d")
     return np.asarray(d)

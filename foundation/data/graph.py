@@ -48,7 +48,7 @@ def neighbor_graph(crystal: Crystal, cutoff: float, dataset: str = "") -> Graph:
     from vesin import NeighborList
 
     pbc = np.asarray(crystal.pbc, dtype=bool)
-    cell = _search_box(crystal.cell, pbc, crystal.positions)
+    cell = search_box(crystal.cell, pbc, crystal.positions)
     i, j, shift = NeighborList(cutoff=float(cutoff), full_list=True).compute(
         points=crystal.positions, box=cell, periodic=pbc.tolist(), quantities="ijS"
     )
@@ -61,7 +61,7 @@ def neighbor_graph(crystal: Crystal, cutoff: float, dataset: str = "") -> Graph:
     )
 
 
-def _search_box(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def search_box(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """The box handed to vesin. Rows along non-periodic directions never produce shifts, so
     their value only matters to vesin itself, which aborts the process (SIGFPE) on a singular
     box with some periodic direction: a zero or degenerate open-direction row (common for slabs

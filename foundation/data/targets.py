@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TargetInfo", "TARGETS", "target_info"]
+__all__ = ["TargetInfo", "TARGETS", "target_info", "CSV_COLUMNS", "MATBENCH_COLUMNS", "KEY_ALIASES"]
 
 
 @dataclass(frozen=True)
@@ -58,3 +58,35 @@ def target_info(name: str) -> TargetInfo:
     if name in TARGETS:
         return TARGETS[name]
     return TargetInfo(name, "", "structure", "regression", False, "user-defined target")
+
+
+# -- native label names of the readers -> canonical targets ---------------------------------------
+# CSV with CIF strings (cif_csv): the CDVAE benchmark columns.
+CSV_COLUMNS = {
+    "heat_all": "formation_energy",
+    "ind_gap": "band_gap",
+    "dir_gap": "direct_band_gap",
+    "energy_per_atom": "energy_per_atom",
+    "formation_energy_per_atom": "formation_energy_per_atom",
+    "band_gap": "band_gap",
+}
+# MatBench column name -> canonical target name.
+MATBENCH_COLUMNS = {
+    "e_form": "formation_energy_per_atom",
+    "gap pbe": "band_gap",
+    "efermi": "efermi",
+    "total_magnetization": "total_magnetization",
+    "log10(K_VRH)": "log10_bulk_modulus",
+    "log10(G_VRH)": "log10_shear_modulus",
+    "is_metal": "is_metal",
+    "e_above_hull": "e_above_hull",
+}
+# ASE database key_value_pairs names -> canonical target names.
+KEY_ALIASES = {
+    "gap": "band_gap", "bandgap": "band_gap", "band_gap": "band_gap",
+    "efermi": "efermi", "fermi_level": "efermi",
+    "formation_energy_per_atom": "formation_energy_per_atom", "hform": "formation_energy_per_atom",
+    "e_above_hull": "e_above_hull", "ehull": "e_above_hull",
+    "energy_per_atom": "energy_per_atom", "magmom": "total_magnetization",
+    "bulk_modulus": "bulk_modulus", "shear_modulus": "shear_modulus",
+}

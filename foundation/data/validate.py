@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .crystal import Crystal
+from .graph import search_box
 from .records import Reject
 from .targets import TARGETS
 
@@ -158,11 +159,10 @@ def min_pair_distance(crystal: Crystal, threshold: float) -> tuple[int, int, flo
     included (an atom and its own image count), or None if no pair is that close."""
     from vesin import NeighborList
 
-    from .graph import _search_box
 
     if crystal.n_atoms == 1 and not crystal.pbc.any():
         return None
-    box = _search_box(crystal.cell, crystal.pbc, crystal.positions)
+    box = search_box(crystal.cell, crystal.pbc, crystal.positions)
     # vesin's cell list has cells of the cutoff's size: at 0.5 Å a 1000 Å^3 cell has 8000 of them
     # (430 µs a mp2018 record); searching to 2 Å and filtering costs 110 µs (measured)
     i, j, d = NeighborList(cutoff=max(float(threshold), SEARCH_CUTOFF), full_list=False).compute(

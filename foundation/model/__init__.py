@@ -6,9 +6,9 @@ from .encoder import Encoder
 from .export import load_export, save_export
 from .foundation_model import FoundationModel
 from .heads import TaskHead, forces_from_energy
-from .tasks import TaskSpec
+from .tasks import TaskSpec, TaskStats
 
 __all__ = [
-    "ModelConfig", "TaskSpec", "Encoder", "TaskHead", "forces_from_energy", "FoundationModel",
+    "ModelConfig", "TaskSpec", "TaskStats", "Encoder", "TaskHead", "forces_from_energy", "FoundationModel",
     "save_export", "load_export",
 ]

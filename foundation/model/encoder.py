@@ -13,6 +13,7 @@ from e3nn import o3
 from torch import nn
 
 from ..data.graph import Batch
+from ..nn.ewald import LatentEwald
 from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps, reachable_irreps
 from ..nn.radial import RadialEmbedding
 from .config import ModelConfig, building_dtype
@@ -78,8 +79,6 @@ class Encoder(nn.Module):
             irreps = block.irreps_out
             if config.ewald_every and (layer + 1) % config.ewald_every == 0:
                 # Imported here so the encoder builds without the Ewald code when it is off.
-                from ..nn.ewald import LatentEwald
-
                 ewald = LatentEwald(irreps, config.ewald_hidden, config.ewald_accuracy)
                 check_irreps(irreps, ewald.irreps_in, f"Ewald block after layer {layer}")
                 self.ewald[str(layer)] = ewald

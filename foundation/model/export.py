@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .._version import __version__
 from ..config import ConfigError, from_dict, to_dict
 from .config import ModelConfig
 from .foundation_model import FoundationModel
@@ -55,7 +56,6 @@ def save_export(model: FoundationModel, directory: str | Path, extra: dict[str, 
     """Write `directory/model.safetensors` and `directory/config.json`; returns the directory."""
     from safetensors.torch import save_file
 
-    from .. import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -5,8 +5,8 @@
                                      TaskSpec.for_target("forces", name="oc20_forces",
                                                           forces_of="oc20_energy",
                                                           datasets=("oc20",))],
-                            normalization={"oc20_energy": (mean, std)},
-                            element_refs={"oc20_energy": {1: -3.4, 8: -7.2}})
+                            stats={"oc20_energy": TaskStats(mean=(m,), std=(s,),
+                                                            element_refs={1: -3.4, 8: -7.2})})
     preds = model(batch)        # {"oc20_energy": [n_graphs] eV, "oc20_forces": [n_atoms, 3] eV/Å}
 
 Every task is predicted for every record: which records carry labels is the loss's business.
@@ -26,7 +26,7 @@ from ..data.graph import Batch
 from .config import ModelConfig
 from .encoder import Encoder
 from .heads import TaskHead, forces_from_energy
-from .tasks import TaskSpec
+from .tasks import TaskSpec, TaskStats
 
 __all__ = ["FoundationModel"]
 
@@ -38,8 +38,9 @@ class FoundationModel(nn.Module):
         config: architecture.
         tasks: task specs, names unique; a force task's `forces_of` must name an energy task
             (`TaskSpec.is_energy`) of the list.
-        normalization: {task: (mean, std)} per-atom contribution statistics (see heads.py).
-        element_refs: {task: {Z: reference}} per-element reference values of energy tasks.
+        stats: {task: TaskStats} normalisation and per-element references of regression tasks
+            (per-atom contribution statistics, see heads.py); a task without an entry gets μ = 0,
+            σ = 1 and no references.
         dtype: parameter dtype to build in (torch's default if None; float64 for exact tests).
     """
 
@@ -54,8 +55,7 @@ class FoundationModel(nn.Module):
         self,
         config: ModelConfig,
         tasks: list[TaskSpec],
-        normalization: Mapping[str, tuple] | None = None,
-        element_refs: Mapping[str, Mapping[int, float]] | None = None,
+        stats: Mapping[str, TaskStats] | None = None,
         *,
         dtype: torch.dtype | None = None,
     ):
@@ -64,19 +64,17 @@ class FoundationModel(nn.Module):
         self.encoder = Encoder(config, dtype)
         self.heads = nn.ModuleDict()
         self.tasks: dict[str, TaskSpec] = {}
-        normalization = dict(normalization or {})
-        element_refs = dict(element_refs or {})
-        unknown = sorted((set(normalization) | set(element_refs)) - {t.name for t in tasks})
+        stats = dict(stats or {})
+        unknown = sorted(set(stats) - {t.name for t in tasks})
         if unknown:
-            raise ValueError(f"normalisation / element references for unknown task(s): {unknown}")
+            raise ValueError(f"statistics for unknown task(s): {unknown}")
         # Energy tasks first, so a force task may be listed before the energy it differentiates.
         for spec in sorted(tasks, key=lambda t: t.forces_of is not None):
-            self.add_task(spec, normalization.get(spec.name), element_refs.get(spec.name))
+            self.add_task(spec, stats.get(spec.name))
         self.tasks = {t.name: self.tasks[t.name] for t in tasks}  # keep the caller's order
 
     # -- head management -------------------------------------------------------------------------
-    def add_task(self, spec: TaskSpec, normalization: tuple | None = None,
-                 element_refs: Mapping[int, float] | None = None) -> None:
+    def add_task(self, spec: TaskSpec, stats: TaskStats | None = None) -> None:
         """Add a task (and its head, on the encoder's device and dtype). Raises on a name clash."""
         if spec.name in self.tasks:
             raise ValueError(f"task {spec.name!r} already exists; remove_task it first to replace it")
@@ -87,18 +85,20 @@ class FoundationModel(nn.Module):
                     f"force task {spec.name!r}: forces_of={spec.forces_of!r} must name an energy task "
                     f"(scalar, eV extensive or eV/atom intensive) of this model; have {list(self.tasks)}"
                 )
-            if normalization is not None or element_refs is not None:
+            if stats is not None:
                 raise ValueError(f"force task {spec.name!r} takes its scale from {spec.forces_of!r}")
         else:
             head = TaskHead(spec, self.encoder.n_invariants, self.config.head_hidden, self.config.n_species)
             ref = next(self.encoder.parameters())
             head = head.to(device=ref.device, dtype=ref.dtype)
-            if normalization is not None:
-                head.set_normalization(*normalization)
-            if element_refs is not None:
-                head.set_element_refs(element_refs)
+            if stats is not None:
+                head.set_stats(stats)
             self.heads[spec.name] = head
         self.tasks[spec.name] = spec
+
+    def task_stats(self) -> dict[str, TaskStats]:
+        """{task: TaskStats} of the regression heads, as the model holds them (its heads' buffers)."""
+        return {name: head.stats() for name, head in self.heads.items() if head.spec.kind == "regression"}
 
     def remove_task(self, name: str) -> TaskSpec:
         """Remove a task and its head; returns its spec."""

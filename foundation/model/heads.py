@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..data.graph import Batch
-from .tasks import TaskSpec
+from .tasks import TaskSpec, TaskStats
 
 __all__ = ["TaskHead", "forces_from_energy"]
 
@@ -69,6 +69,18 @@ class TaskHead(nn.Module):
                              f"got mean={mean}, std={std}")
         self.mean.copy_(mean_t)
         self.std.copy_(std_t)
+
+    def set_stats(self, stats: TaskStats) -> None:
+        """μ, σ and the element references of `stats` (element references only for a scalar
+        structure-level regression task)."""
+        self.set_normalization(stats.mean, stats.std)
+        if stats.element_refs:
+            self.set_element_refs(stats.element_refs)
+
+    def stats(self) -> TaskStats:
+        """The head's TaskStats (the buffers it predicts with)."""
+        refs = {z: v for z, v in enumerate(self.element_ref.tolist()) if v != 0.0}
+        return TaskStats(tuple(self.mean.tolist()), tuple(self.std.tolist()), refs)
 
     def set_element_refs(self, refs: Mapping[int, float] | Sequence[float]) -> None:
         """Per-element references {Z: value} (task unit); elements not given stay 0."""

@@ -14,12 +14,40 @@ Prediction conventions (physical units, `unit`):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ..data.targets import target_info
 
-__all__ = ["TaskSpec"]
+__all__ = ["TaskSpec", "TaskStats"]
+
+
+@dataclass(frozen=True)
+class TaskStats:
+    """The normalisation of one regression task, computed once from its train split and used by
+    its head, the loss, the metrics and early stopping alike (saved in the export's config.json).
+
+    Every atom contributes σ·MLP(h) + μ + ref[Z] (heads.py), so μ and σ are per-atom statistics:
+    of (y − Σ ref) / n for an extensive label, of y − mean ref for an intensive one; for a force
+    task σ is its energy's (one scale for the energy per atom and its gradient)."""
+
+    mean: tuple[float, ...] = (0.0,)  # [dim] task unit per atom
+    std: tuple[float, ...] = (1.0,)  # [dim] task unit per atom, > 0
+    element_refs: Mapping[int, float] = field(default_factory=dict)  # {Z: task unit (per atom if intensive)}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in _as_tuple(self.mean)))
+        object.__setattr__(self, "std", tuple(float(v) for v in _as_tuple(self.std)))
+        object.__setattr__(self, "element_refs", {int(z): float(v) for z, v in dict(self.element_refs).items()})
+        values = self.mean + self.std + tuple(self.element_refs.values())
+        if not all(math.isfinite(v) for v in values) or min(self.std) <= 0:
+            raise ValueError(f"task statistics need finite values and std > 0, got mean={self.mean}, std={self.std}")
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 @dataclass(frozen=True)

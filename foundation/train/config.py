@@ -1,5 +1,5 @@
-"""Typed configs of the training machinery (optimiser, schedule, precision/ZeRO, EMA, checkpoints,
-evaluation, logging). Pretraining composes them in `PretrainConfig`; fine-tuning may reuse them.
+"""Typed configs of a training run: the sections (optimiser, schedule, precision/ZeRO, EMA,
+checkpoints, evaluation, logging, early stopping) and the datasets; `run_config.RunConfig` composes them.
 
 Every value is checked once, when the YAML is read (`foundation.config.from_dict`): a bad value
 raises there with the dotted field name, before any process group starts.
@@ -7,8 +7,10 @@ raises there with the dotted field name, before any process group starts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..data.labels import check_derive
 
 __all__ = [
     "OptimizerConfig",
@@ -18,6 +20,8 @@ __all__ = [
     "CheckpointConfig",
     "EvalConfig",
     "LogConfig",
+    "EarlyStoppingConfig",
+    "DatasetConfig",
 ]
 
 
@@ -79,9 +83,11 @@ class EMAConfig:
 
     enabled: bool = True
     decay: float = 0.99
+    start_step: int = 0  # the EMA copies the weights until this step, then averages
 
     def __post_init__(self):
         _require(0 < self.decay < 1, f"decay must lie in (0, 1), got {self.decay}")
+        _require(self.start_step >= 0, f"start_step must be >= 0, got {self.start_step}")
 
 
 @dataclass(frozen=True)
@@ -119,3 +125,55 @@ class LogConfig:
 
     def __post_init__(self):
         _require(self.every >= 1, f"every must be >= 1, got {self.every}")
+
+
+@dataclass(frozen=True)
+class EarlyStoppingConfig:
+    enabled: bool = False
+    patience: int = 5  # evaluations without improvement before the run stops
+    # "main": the first task's validation MAE (1 − ROC-AUC for classification); "loss": the mean
+    # over tasks of MAE / the task's train std (the normalised MAE the loss trains on) and 1 − ROC-AUC.
+    monitor: Literal["main", "loss"] = "main"
+    min_delta: float = 0.0  # an improvement must lower the monitored value by more than this
+
+    def __post_init__(self):
+        _require(self.patience >= 1 and self.min_delta >= 0,
+                 f"patience must be >= 1 and min_delta >= 0, got {self.patience}, {self.min_delta}")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One database: a shard directory (or URL), or native file(s) sharded into the cache on first use.
+
+    `keep_labels`: "all" keeps every label the reader gives (pretraining); "tasks" keeps only the
+    run's task targets and rejects a record that has none of them (fine-tuning on one property).
+    `derive`: new labels from the reader's, {name: "key" | "log10(key)" | "key <op> number" (0/1)};
+    a record whose key is missing (or not > 0 under log10) gets no such label.
+    """
+
+    shards: str | None = None  # directory holding manifest.json + *.tar, or a URL of one
+    path: str | None = None  # native file, directory, or "ase:<collection>" (ase.collections)
+    lmdb_from_pickles: list[str] | None = None  # OC20/OC22 record pickles -> an LMDB as released -> shards
+    format: str | None = None  # reader (foundation.data.readers.FORMATS); None: detected from the file
+    options: dict[str, Any] = field(default_factory=dict)  # reader options (e.g. frames, every)
+    limit: int | None = None  # first N records of each input only (quick runs)
+    fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)  # train, val, test by record hash
+    split_seed: int = 0
+    group_by_prefix: bool = False  # split by the id before ':' (all frames of an OC20 system together)
+    derive: dict[str, str] = field(default_factory=dict)
+    keep_labels: Literal["all", "tasks"] = "all"
+    name: str | None = None  # the `data:` form only: the dataset's name (default: the file's stem)
+
+    def __post_init__(self):
+        given = [k for k in ("shards", "path", "lmdb_from_pickles") if getattr(self, k) is not None]
+        _require(len(given) == 1, "give exactly one of 'shards' (a shard directory), 'path' (+ 'format') "
+                                  f"or 'lmdb_from_pickles'; got {given or 'none'}")
+        _require(self.lmdb_from_pickles is None or self.format == "oc20_lmdb",
+                 "'lmdb_from_pickles' builds an LMDB: format must be 'oc20_lmdb'")
+        _require(self.shards is None or not (self.derive or self.keep_labels == "tasks"),
+                 "'derive' and keep_labels 'tasks' apply to native inputs, not to built shards")
+        _require(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
+        _require(min(self.fractions) >= 0 and abs(sum(self.fractions) - 1) <= 1e-9 and self.fractions[0] > 0,
+                 f"fractions must be 3 non-negative numbers summing to 1 with a train part, got {self.fractions}")
+        for name, expr in self.derive.items():
+            check_derive(name, expr)

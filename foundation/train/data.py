@@ -1,6 +1,6 @@
 """Training-side data plumbing: an endless batch stream over loader epochs, with a resumable position.
 
-The loader (`foundation.data.stream.build_loader`) yields one epoch for one rank with the same
+The loader (`foundation.data.shards.stream.build_loader`) yields one epoch for one rank with the same
 number of batches on every rank; this stream chains epochs so every rank rolls over together.
 """
 

@@ -1,11 +1,13 @@
-"""Datasets of a pretraining run: native files sharded on first use, manifests -> normalisation and
-element references, the training stream and the per-dataset validation splits.
+"""The datasets of a run: native files sharded on first use, the label checks, the training stream
+and the per-dataset validation splits.
 
-Sharding cache: a dataset given as a native file is sharded (`foundation.data.shards.write_shards`)
-into `<cache_dir>/<name>-<key>`, key = hash of everything that changes the shards (input file paths,
-sizes and mtimes, format, reader options, limit, split rule). The manifest is written last by the
-shard writer, so a directory without one is an interrupted build and is rebuilt. Only rank 0
-builds; the other ranks wait at a barrier (shared filesystem assumed, as for checkpoints).
+Sharding cache: a dataset given as native files is sharded (`write_shards`) into
+`<cache_dir>/<name>-<key>`, key = hash of everything that changes the shards (input paths, sizes
+and mtimes, format, reader options, limit, split rule, derived labels, and with keep_labels
+"tasks" the task targets). The manifest is written last, so a directory without one is an
+interrupted build and is rebuilt. Only rank 0 builds; the others wait at a barrier (a shared
+filesystem is assumed, as for checkpoints). `labels.json` beside the manifest counts every label
+found (for the "no such target" message) and non-0/1 classification labels.
 """
 
 from __future__ import annotations
@@ -16,23 +18,55 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..config import ConfigError
+from ..data import readers
+from ..data.crystal import Crystal
+from ..data.labels import derived_label
+from ..data.readers.oc20_lmdb import oc22_pkl_to_lmdb
+from ..data.records import Reject
+from ..data.shards import SplitRule, build_loader, read_manifest, write_shards
 from .data import EpochStream
 from .distributed import DistInfo, barrier, broadcast_text
 
-__all__ = ["cache_key", "prepare_shards", "task_statistics", "make_stream", "make_val_splits"]
+__all__ = ["GivenSplit", "cache_key", "prepare_shards", "check_labels", "make_stream", "resume_position",
+           "make_val_splits", "SMALL_TRAIN"]
 
 log = logging.getLogger("foundation.train")
+
+SMALL_TRAIN = 100  # fewer training records than this: a warning (a noisy, easily overfitted fine-tune)
+
+
+class GivenSplit:
+    """A caller's split object (`assign(crystal)`, `to_json()`) in the SplitRule shape write_shards uses."""
+
+    seed, group_by_prefix = 0, False
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def group(self, crystal) -> str:
+        return crystal.key
+
+    def assign(self, crystal) -> str:
+        split = self.rule.assign(crystal)
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split object gave {split!r} for record {crystal.key}: expected train, val or test")
+        return split
+
+    def to_json(self) -> dict[str, Any]:
+        return {"given": self.rule.to_json()}
 
 
 def _inputs(ds) -> list[Path]:
     return [Path(p) for p in (ds.lmdb_from_pickles or [ds.path])]
 
 
-def cache_key(name: str, ds) -> str:
+def cache_key(name: str, ds, tasks: list[Any] = (), split=None) -> str:
     """Hex digest of what determines `ds`'s shards (content identity by path, size and mtime)."""
     files = []
     for path in _inputs(ds):
@@ -40,84 +74,151 @@ def cache_key(name: str, ds) -> str:
         files += [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in members if p.is_file()]
     spec = {"name": name, "files": files, "format": ds.format, "options": ds.options, "limit": ds.limit,
             "fractions": list(ds.fractions), "split_seed": ds.split_seed, "group_by_prefix": ds.group_by_prefix}
+    if ds.derive or ds.keep_labels == "tasks" or split is not None:
+        spec.update(derive=ds.derive, keep=ds.keep_labels, targets=sorted({t.target for t in tasks}),
+                    binary=sorted({t.target for t in tasks if t.kind == "classification"}),
+                    split=None if split is None else split.to_json())
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _records(ds, workdir: Path) -> Iterable:
-    from ..data import readers
-
+def _native(ds, workdir: Path) -> Iterator:
     paths = [Path(ds.path)] if ds.path else []
     if ds.lmdb_from_pickles:
         # OC20/OC22 releases store pickled graph records in LMDB; rebuild that layout from the
         # sample's pickles (through the restricted unpickler), then read it like a release.
-        from ..data.readers.oc20_lmdb import oc22_pkl_to_lmdb
-
         (workdir / "lmdb").mkdir(parents=True, exist_ok=True)
         paths = [oc22_pkl_to_lmdb(p, workdir / "lmdb" / f"{Path(p).stem}.lmdb") for p in ds.lmdb_from_pickles]
     for path in paths:
         yield from itertools.islice(readers.read(path, format=ds.format, **ds.options), ds.limit)
 
 
-def _build(name: str, ds, out: Path) -> None:
-    from ..data.shards import SplitRule, write_shards
+def _labelled(records: Iterable, ds, tasks: list[Any], tally: dict[str, Counter], where: str) -> Iterator:
+    """Records with their derived labels; with keep_labels "tasks" only the tasks' labels are
+    kept and a record with none of them is a Reject. `tally` counts every label found (records
+    carrying it) and non-0/1 classification labels."""
+    wanted = {t.target for t in tasks}
+    binary = {t.target for t in tasks if t.kind == "classification"}
+    for record in records:
+        if not isinstance(record, Crystal):
+            yield record
+            continue
+        labels = dict(record.targets)
+        for name, expr in ds.derive.items():
+            value = derived_label(expr, labels)
+            if value is not None:
+                labels[name] = value
+        tally["found"].update(labels.keys())
+        if ds.keep_labels == "tasks":
+            labels = {k: v for k, v in labels.items() if k in wanted}
+            if not labels:
+                yield Reject(record.id, record.source, f"no label for {', '.join(sorted(wanted))}", where)
+                continue
+        record.targets = labels
+        for key in binary & set(labels):
+            if labels[key] not in (0, 1):
+                tally["non_binary"][f"{key}={labels[key]!r}"] += 1
+        yield record
 
+
+def _build(name: str, ds, out: Path, tasks: list[Any], split) -> None:
     start = time.perf_counter()
-    work = out.with_name(out.name + ".work")
-    manifest = write_shards(
-        _records(ds, work), out, split=SplitRule(tuple(ds.fractions), ds.split_seed, ds.group_by_prefix),
-        dedup=False, reader={"format": ds.format, "options": ds.options, "limit": ds.limit},
-        sources=tuple(str(p) for p in _inputs(ds)), overwrite=True, progress=False)
+    rule = GivenSplit(split) if split is not None else SplitRule(tuple(ds.fractions), ds.split_seed,
+                                                                ds.group_by_prefix)
+    tally: dict[str, Counter] = {"found": Counter(), "non_binary": Counter()}
+    records = _labelled(_native(ds, out.with_name(out.name + ".work")), ds, tasks, tally, str(ds.path))
+    reader = {"format": ds.format, "options": ds.options, "limit": ds.limit}
+    if ds.derive:
+        reader["derive"] = ds.derive
+    manifest = write_shards(records, out, split=rule, dedup=False, reader=reader,
+                            sources=tuple(str(p) for p in _inputs(ds)), overwrite=True, progress=False)
+    (out / "labels.json").write_text(json.dumps({k: dict(v) for k, v in tally.items()}, indent=1))
     c = manifest["counts"]
     log.info("sharded %s: read %d, written %d, rejected %d (%s) in %.1f s -> %s", name, c["read"], c["written"],
              c["rejected"], ", ".join(f"{s} {v['records']}" for s, v in c["splits"].items()),
              time.perf_counter() - start, out)
 
 
-def prepare_shards(cfg, info: DistInfo) -> dict[str, str]:
-    """Collective. {dataset: shard directory or URL}; rank 0 builds missing caches first."""
-    cache = Path(cfg.cache_dir)
+def prepare_shards(res, info: DistInfo, split=None) -> dict[str, str]:
+    """Collective. {dataset: shard directory or URL}; rank 0 builds missing caches first.
+    `split`: an object with `assign(crystal)` and `to_json()` replacing the hash split."""
     dirs: dict[str, str] = {}
-    for name, ds in cfg.datasets.items():
+    for name, ds in res.datasets.items():
         if ds.shards is not None:
             dirs[name] = ds.shards
             continue
         text = ""
         if info.is_main:
-            out = cache / f"{name}-{cache_key(name, ds)}"
-            if not (out / "manifest.json").is_file():
-                _build(name, ds, out)
+            out = Path(res.config.cache_dir) / f"{name}-{cache_key(name, ds, res.tasks, split)}"
+            if not ((out / "manifest.json").is_file() and (out / "labels.json").is_file()):
+                _build(name, ds, out, res.tasks, split)
             text = str(out)
         dirs[name] = broadcast_text(text, info)
     barrier(info)
     return dirs
 
 
-def task_statistics(tasks: list[Any], shard_dirs: dict[str, str]) -> tuple[dict, dict]:
-    """(normalization, element_refs) keyed by task name, from the train-split label sums.
+def _labels_found(shard_dirs: dict[str, str]) -> tuple[Counter, Counter]:
+    """(records per label, non-0/1 classification labels) over the datasets built from native files."""
+    found, non_binary = Counter(), Counter()
+    for where in shard_dirs.values():
+        path = Path(where) / "labels.json"
+        if path.is_file():
+            labels = json.loads(path.read_text())
+            found.update(labels["found"])
+            non_binary.update(labels["non_binary"])
+    return found, non_binary
 
-    An energy task with forces takes the RMS force component of its datasets as its scale
-    (MACE's choice): forces are the energy's gradient, so one scale serves both, and the
-    per-atom energy spread of an MD or relaxation set (LiPS: 0.006 eV/atom against 0.6 eV/Å
-    forces; OC22: ~0) would otherwise make the initial forces 100x too small or the loss explode.
-    The force tasks then use that scale in the loss (MultiTaskLoss's fallback)."""
-    from ..data.shards import dataset_statistics
 
-    normalization, element_refs = dataset_statistics(shard_dirs, tasks)
-    for task in tasks:
-        if task.forces_of is None:
+def _check_targets(res, shard_dirs: dict[str, str]) -> None:
+    found, non_binary = _labels_found(shard_dirs)
+    if not found:
+        return  # shard directories given: their labels are whatever they hold
+    for i, task in enumerate(res.tasks):
+        if task.forces_of is None and not found.get(task.target):
+            listing = ", ".join(f"{k} ({n})" for k, n in sorted(found.items())) or "none"
+            raise ConfigError(f"tasks[{i}].target: {', '.join(res.datasets)} has no label {task.target!r}; "
+                              f"labels found (records): {listing}")
+    if non_binary:
+        raise ConfigError(f"tasks: a classification target needs labels 0 or 1; found "
+                          f"{', '.join(list(non_binary)[:5])} (use kind regression, or derive a 0/1 "
+                          "label with data.derive)")
+
+
+def _reject_reasons(shard_dir: str) -> Counter:
+    reasons: Counter = Counter()
+    path = Path(shard_dir) / "rejects.jsonl"
+    if path.is_file():
+        with open(path) as fh:
+            for line in fh:
+                reasons[json.loads(line)["reason"].split(":")[0][:80]] += 1
+    return reasons
+
+
+def check_labels(res, shard_dirs: dict[str, str], report: bool = True) -> dict[str, dict[str, Any]]:
+    """ConfigError for a target absent from the data, non-0/1 classification labels or an empty
+    train split; with `report`, logs the record counts of each native dataset (and warns of a tiny
+    train split or none to validate on). Returns {dataset: the manifest's counts}."""
+    _check_targets(res, shard_dirs)
+    counts = {name: read_manifest(where)["counts"] for name, where in shard_dirs.items()}
+    for name, c in counts.items():
+        splits = {s: v["records"] for s, v in c["splits"].items()}
+        if splits["train"] == 0:
+            raise ConfigError(f"datasets.{name}: no training record (kept {c['written']} of {c['read']})")
+        if not report or res.datasets[name].shards is not None:
             continue
-        chosen = {n: d for n, d in shard_dirs.items() if not task.datasets or n in task.datasets}
-        force_stats, _ = dataset_statistics(chosen)
-        if task.target in force_stats and task.forces_of in normalization:
-            mean, _ = normalization[task.forces_of]
-            normalization[task.forces_of] = (mean, force_stats[task.target][1])
-    return normalization, element_refs
+        reasons = "".join(f"; {n} x {r}" for r, n in _reject_reasons(shard_dirs[name]).most_common(3))
+        log.info("data %s: read %d records, kept %d (train %d, val %d, test %d), rejected %d%s -> %s", name,
+                 c["read"], c["written"], splits["train"], splits["val"], splits["test"], c["rejected"], reasons,
+                 shard_dirs[name])
+        if splits["train"] < SMALL_TRAIN and res.config.recipe == "finetune":
+            log.warning("only %d training records: expect a noisy fine-tune that overfits easily", splits["train"])
+    if report and not any(c["splits"]["val"]["records"] for c in counts.values()):
+        log.warning("no validation records: no early stopping, the last weights are exported")
+    return counts
 
 
 def make_stream(loader_cfg, shard_dirs: dict[str, str], info: DistInfo) -> EpochStream:
     """The endless training stream of this rank (all datasets mixed by the loader)."""
-    from ..data.stream import build_loader
-
     loader = build_loader(shard_dirs, "train", loader_cfg, rank=info.rank, world_size=info.world_size)
     static = {"world_size": info.world_size, "num_workers": loader_cfg.num_workers, "seed": loader_cfg.seed}
     stream = EpochStream(loader.batches, static=static)
@@ -134,20 +235,12 @@ def resume_position(stream: EpochStream, saved: dict[str, Any]) -> None:
     stream.load_state_dict({"epoch": loader.epoch, "index": loader.position})
 
 
-def _has_split(shard_dir: str, split: str) -> bool:
-    from ..data.shard_format import read_manifest
-
-    return bool(read_manifest(shard_dir)["shards"].get(split))
-
-
 def make_val_splits(loader_cfg, shard_dirs: dict[str, str], info: DistInfo) -> dict[str, Callable[[], Iterable]]:
     """{dataset: () -> this rank's validation batches}, file order, datasets without a val split left out."""
-    from ..data.stream import build_loader
-
     cfg = dataclasses.replace(loader_cfg, shuffle=False, temperature=1.0, num_workers=0)
     splits = {}
     for name, where in shard_dirs.items():
-        if not _has_split(where, "val"):
+        if not read_manifest(where)["shards"].get("val"):
             if info.is_main:
                 log.warning("dataset %s has no validation records: it is trained on but not evaluated", name)
             continue

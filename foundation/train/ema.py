@@ -19,11 +19,15 @@ class EMA:
     """`shadow = decay_t * shadow + (1 - decay_t) * param` after each optimiser step.
 
     decay_t = min(decay, (1 + n) / (10 + n)) with n the number of updates so far, so the
-    average is not dominated by the random initial weights early in a short run.
+    average is not dominated by the random initial weights early in a short run. For its first
+    `start` optimiser steps the EMA copies the weights instead (a fine-tune's new head makes large
+    random first steps the average should not carry); `steps` counts optimiser steps seen, and the
+    loop sets it on resume.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, start: int = 0):
         self.decay = float(decay)
+        self.start, self.steps = int(start), 0
         self.updates = 0
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
@@ -35,7 +39,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, params: Iterable[tuple[str, torch.Tensor]], buffers: Iterable[tuple[str, torch.Tensor]] = ()) -> None:
-        """Average in the named parameters of the trained model (same names as the EMA module)."""
+        """Average in the named parameters of the trained model (same names as the EMA module);
+        copy them during the first `start` steps."""
+        self.steps += 1
+        if self.steps <= self.start:
+            self._copy(params, buffers)
+            return
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         own = dict(self.module.named_parameters())
         seen = 0
@@ -49,6 +58,14 @@ class EMA:
         for name, b in buffers:
             own_buffers[name].copy_(b.detach())
         self.updates += 1
+
+    @torch.no_grad()
+    def _copy(self, params, buffers) -> None:
+        own, own_buffers = dict(self.module.named_parameters()), dict(self.module.named_buffers())
+        for name, p in params:
+            own[name].copy_(p.detach())
+        for name, b in buffers:
+            own_buffers[name].copy_(b.detach())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors only (safetensors-ready); `updates` rides along as a 0-d tensor."""

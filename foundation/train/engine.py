@@ -1,7 +1,12 @@
-"""Wrap a module in a DeepSpeed engine built from the typed config (the only place `initialize` runs)."""
+"""Wrap a module in a DeepSpeed engine built from the typed config (the only place `initialize` runs).
+
+DeepSpeed is imported when an engine is built, not with this module: importing it takes about
+3 s and probes the accelerators, and a run's config errors must answer before that.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +17,7 @@ from .config import DistributedConfig, OptimizerConfig
 from .deepspeed_config import deepspeed_config
 from .distributed import DistInfo
 
-__all__ = ["param_groups", "build_engine", "compute_dtype"]
+__all__ = ["param_groups", "build_engine", "compute_dtype", "gathered"]
 
 
 def param_groups(module: nn.Module, weight_decay: float,
@@ -49,7 +54,7 @@ def build_engine(
 ):
     """(engine, ds_config). The module is moved to `info.device`; DeepSpeed casts it for bf16/fp16.
     `lr_scale`: per-parameter learning-rate factors (see `param_groups`)."""
-    import deepspeed
+    import deepspeed  # see the module docstring
 
     ds_config = deepspeed_config(dist, optimizer, load_universal=load_universal)
     module = module.to(info.device)
@@ -65,3 +70,13 @@ def compute_dtype(engine) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.float32
+
+
+def gathered(engine, enabled: bool):
+    """Collective when `enabled`: a context in which ZeRO-3's partitioned parameters of the
+    engine's module are whole on every rank (to copy or export them); a no-op otherwise."""
+    if not enabled:
+        return contextlib.nullcontext()
+    import deepspeed  # see the module docstring
+
+    return deepspeed.zero.GatheredParameters(list(engine.module.parameters()))

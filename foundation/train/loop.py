@@ -21,12 +21,16 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import save_checkpoint
+from ..metrics import eval_log_line, flat_scalars, summary_table
 from .config import CheckpointConfig, EvalConfig, LogConfig, OptimizerConfig, ScheduleConfig
 from .distributed import DistInfo, all_reduce
 from .ema import EMA
-from .metrics import eval_log_line, evaluate, flat_scalars, summary_table
+from .engine import gathered
+from .validation import evaluate
 from .schedule import learning_rate
 
 __all__ = ["Objective", "BatchStream", "LoopSettings", "TrainState", "Trainer"]
@@ -156,12 +160,7 @@ class Trainer:
         if self.ema is None:
             return
         module = self.engine.module
-        if self.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(list(module.parameters())):
-                self.ema.update(module.named_parameters(), module.named_buffers())
-        else:
+        with gathered(self.engine, enabled=self.zero_stage == 3):
             self.ema.update(module.named_parameters(), module.named_buffers())
 
     # -- evaluation, logging, checkpoints ----------------------------------------------------
@@ -217,9 +216,6 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train to `max_steps`; evaluate and checkpoint on schedule and at the end."""
-        from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
         with logging_redirect_tqdm():  # log lines (evaluations, skips) print above the bar
             return self._run(tqdm)
 

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.graph import Batch
-from ..model.tasks import TaskSpec
+from ..model.tasks import TaskSpec, TaskStats
 
 __all__ = ["MultiTaskLoss"]
 
@@ -39,9 +39,9 @@ class MultiTaskLoss(nn.Module):
     Args:
         tasks: the model's task specs (order fixes the index of s_t in `log_vars`).
         mode: "uncertainty" (learned s_t) or "fixed" (TaskSpec.weight).
-        normalization: {task: (mean, std)}, only std is used (scalar or per component); a force
-            task without its own entry uses its energy task's std (one scale for energy per atom
-            and forces, as MACE does); 1 otherwise.
+        stats: {task: TaskStats}, only std is used (per component); a force task without its
+            own entry uses its energy task's std (one scale for energy per atom and forces, as
+            MACE does); 1 otherwise.
         free_atoms_only: drop atoms flagged in `batch.fixed` from atom-level losses.
     logs: "{task}/loss" (L_t, only when the batch has labels), "{task}/count" (labelled
     structures), "{task}/weight" (exp(−s_t) or the fixed weight).
@@ -51,7 +51,7 @@ class MultiTaskLoss(nn.Module):
         self,
         tasks: list[TaskSpec],
         mode: str = "uncertainty",
-        normalization: Mapping[str, tuple] | None = None,
+        stats: Mapping[str, TaskStats] | None = None,
         free_atoms_only: bool = True,
     ):
         super().__init__()
@@ -63,22 +63,25 @@ class MultiTaskLoss(nn.Module):
         self.tasks = list(tasks)
         self.mode = mode
         self.free_atoms_only = bool(free_atoms_only)
-        normalization = dict(normalization or {})
-        unknown = sorted(set(normalization) - set(names))
+        stats = dict(stats or {})
+        unknown = sorted(set(stats) - set(names))
         if unknown:
-            raise ValueError(f"normalisation given for unknown task(s) {unknown}")
-        for spec in tasks:
-            entry = normalization.get(spec.name)
+            raise ValueError(f"statistics given for unknown task(s) {unknown}")
+        stds = torch.ones(len(tasks), max((t.dim for t in tasks), default=1))
+        for index, spec in enumerate(tasks):
+            entry = stats.get(spec.name)
             if entry is None and spec.forces_of is not None:
-                entry = normalization.get(spec.forces_of)
-            std = torch.ones(spec.dim)
+                entry = stats.get(spec.forces_of)
             if entry is not None and spec.kind == "regression":
-                std = torch.as_tensor(entry[1], dtype=std.dtype).reshape(-1).expand(spec.dim).clone()
-            if not (std > 0).all():
-                raise ValueError(f"task {spec.name!r}: std must be > 0, got {entry[1]}")
-            self.register_buffer(f"std_{spec.name}", std)  # [dim] task unit (per atom if extensive)
+                stds[index, :spec.dim] = torch.as_tensor(entry.std, dtype=stds.dtype).reshape(-1).expand(spec.dim)
+        self.register_buffer("stds", stds)  # [n_tasks, max dim] task unit (per atom if extensive)
         if mode == "uncertainty":
             self.log_vars = nn.Parameter(torch.zeros(len(tasks)))  # [n_tasks] s_t = log σ_t²
+
+    def std(self, name: str) -> torch.Tensor:
+        """[dim] the scale of task `name`'s normalised errors (task unit, per atom if extensive)."""
+        index = next(i for i, t in enumerate(self.tasks) if t.name == name)
+        return self.stds[index, :self.tasks[index].dim]
 
     def weights(self) -> torch.Tensor:
         """[n_tasks] exp(−s_t) (uncertainty) or the fixed weights."""
@@ -158,7 +161,7 @@ class MultiTaskLoss(nn.Module):
         if target.shape != pred.shape:
             raise ValueError(f"task {spec.name!r}: prediction {tuple(pred.shape)} but label "
                              f"{spec.target!r} {tuple(target.shape)}")
-        std = getattr(self, f"std_{spec.name}").to(pred.dtype)
+        std = self.std(spec.name).to(pred.dtype)
         records = self._record_mask(spec, batch, device)  # [n_graphs]
         mask = batch.masks[spec.target].to(device)
         if spec.level == "structure":

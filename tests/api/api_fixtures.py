@@ -11,7 +11,7 @@ import torch
 from foundation.config import from_dict, load_yaml
 from foundation.data.crystal import Crystal
 from foundation.data.readers import read
-from foundation.model import FoundationModel, ModelConfig, TaskSpec, save_export
+from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats, save_export
 
 ROOT = Path(__file__).resolve().parents[2]
 PEROVSKITES = ROOT.parent / "shared" / "data" / "perovskites" / "perov5_val.csv"
@@ -28,9 +28,8 @@ TASKS = [
 def make_export(directory: Path, dtype: torch.dtype = torch.float64, tasks=TASKS, seed: int = 0) -> Path:
     """A randomly initialised tiny model with `tasks`, exported to `directory`."""
     torch.manual_seed(seed)
-    energy = {"energy": (-5.0, 1.0)} if any(t.name == "energy" for t in tasks) else {}
-    model = FoundationModel(TINY, list(tasks), normalization=energy,
-                            element_refs={k: {8: -4.9, 38: -1.7} for k in energy}, dtype=dtype)
+    energy = {"energy": TaskStats((-5.0,), (1.0,), {8: -4.9, 38: -1.7})} if any(t.name == "energy" for t in tasks) else {}
+    model = FoundationModel(TINY, list(tasks), stats=energy, dtype=dtype)
     return save_export(model, directory)
 
 

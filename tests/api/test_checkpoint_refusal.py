@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from foundation import load_encoder, load_model
-from foundation.api import cli_main
+from foundation.cli import main
 from foundation.calculator import FoundationCalculator
 from foundation.model.export import ExportError, resolve_export
 
@@ -48,7 +48,7 @@ def test_pickle_checkpoint_refused_without_running_it(tmp_path, capsys):
         load_model(checkpoint.parent)
     structure = tmp_path / "POSCAR"
     structure.write_text("Si\n1.0\n0 2.7 2.7\n2.7 0 2.7\n2.7 2.7 0\nSi\n2\ncartesian\n0 0 0\n1.35 1.35 1.35\n")
-    assert cli_main([str(checkpoint), str(structure), "--out", str(tmp_path / "p.csv")], command="predict") == 2
+    assert main(["predict", str(checkpoint), str(structure), "--out", str(tmp_path / "p.csv")]) == 2
     assert "unpickling can run arbitrary code" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "p.csv").exists()
     # the trap is real: a plain unpickling of the same file does run the payload

@@ -6,7 +6,7 @@ import pytest
 from api_fixtures import PEROVSKITES, perovskites, random_rotation, rotated, supercell, translated
 
 from foundation import load_encoder
-from foundation.api import cli_main
+from foundation.cli import main
 
 TOL = dict(rtol=0, atol=1e-10)  # float64 export
 
@@ -66,8 +66,8 @@ def test_mixed_input_types(embedder, crystals):
 
 def test_embed_cli_writes_features_ids_and_labels(export64, tmp_path, capsys):
     out = tmp_path / "features.npz"
-    assert cli_main([str(export64), str(PEROVSKITES), "--limit", "12", "--out", str(out),
-                     "--batch-size", "5"], command="embed") == 0
+    assert main(["embed", str(export64), str(PEROVSKITES), "--limit", "12", "--out", str(out),
+                     "--batch-size", "5"]) == 0
     data = np.load(out)  # no pickle needed: plain arrays only
     expected = load_encoder(export64).embed(perovskites(12))
     np.testing.assert_allclose(data["features"], expected, **TOL)
@@ -78,8 +78,8 @@ def test_embed_cli_writes_features_ids_and_labels(export64, tmp_path, capsys):
     assert "wrote structure-level features (12, 16)" in capsys.readouterr().out
 
     atom_out = tmp_path / "atoms.npz"
-    assert cli_main([str(export64), str(PEROVSKITES), "--limit", "3", "--out", str(atom_out),
-                     "--level", "atom"], command="embed") == 0
+    assert main(["embed", str(export64), str(PEROVSKITES), "--limit", "3", "--out", str(atom_out),
+                     "--level", "atom"]) == 0
     atoms = np.load(atom_out)
     assert atoms["features"].shape == (15, 16) and atoms["offsets"].tolist() == [0, 5, 10, 15]
     assert atoms["numbers"].shape == (15,)

@@ -10,7 +10,8 @@ import torch
 from api_fixtures import PEROVSKITES, perovskites, random_rotation, rotated
 
 import foundation
-from foundation.api import cli_main, load_model
+from foundation.api import load_model
+from foundation.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +117,8 @@ def test_predict_cli_writes_csv(export64, tmp_path, capsys):
     out = tmp_path / "out" / "predictions.csv"
     small = _csv_with_a_broken_row(tmp_path, 6)
     forces_out = tmp_path / "forces.npz"
-    code = cli_main([str(export64), str(PEROVSKITES), str(small), "--limit", "20", "--out", str(out),
-                     "--batch-size", "8", "--forces-out", str(forces_out)], command="predict")
+    code = main(["predict", str(export64), str(PEROVSKITES), str(small), "--limit", "20", "--out", str(out),
+                     "--batch-size", "8", "--forces-out", str(forces_out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "read 26 structure(s): 25 used, 1 rejected" in text and str(out) in text
@@ -143,8 +144,8 @@ def test_predict_cli_single_structure_files(export32, tmp_path, capsys):
     crystal.to_pymatgen().to(filename=str(tmp_path / "one.cif"))
     crystal.to_ase().write(tmp_path / "POSCAR", format="vasp")
     out = tmp_path / "p.csv"
-    code = cli_main([str(export32), str(tmp_path / "one.cif"), str(tmp_path / "POSCAR"), str(tmp_path / "nope.cif"),
-                     "--out", str(out)], command="predict")
+    code = main(["predict", str(export32), str(tmp_path / "one.cif"), str(tmp_path / "POSCAR"), str(tmp_path / "nope.cif"),
+                     "--out", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "2 used, 1 rejected" in text and "no such file" in text and "not CSV columns" in text

@@ -11,8 +11,9 @@ import pytest
 
 from foundation.data.crystal import Crystal
 from foundation.data.records import Reject
-from foundation.data.shard_format import decode_record
-from foundation.data.shards import SplitRule, cli_main, dataset_statistics, read_manifest, sha256_file, write_shards
+from foundation.data.shards.format import decode_record
+from foundation.cli.shard import cli_main
+from foundation.data.shards import SplitRule, dataset_statistics, read_manifest, sha256_file, write_shards
 from foundation.data.validate import validate
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -220,7 +221,7 @@ def test_real_files_stream_back_exactly_through_the_loader(tmp_path):
 
     from foundation.data import readers
     from foundation.data.graph import neighbor_graph
-    from foundation.data.stream import LoaderConfig, build_loader
+    from foundation.data.shards.stream import LoaderConfig, build_loader
 
     originals = {}
     for name, path in (("oqmd", OQMD), ("lips", LIPS)):

@@ -14,9 +14,9 @@ from shard_fixtures import synthetic
 
 from foundation.data import Crystal
 from foundation.data.graph import neighbor_graph
-from foundation.data.packing import SourceSizes, mixture_counts, plan_epoch, worker_batches
+from foundation.data.shards.packing import SourceSizes, mixture_counts, plan_epoch, worker_batches
 from foundation.data.shards import SplitRule, write_shards
-from foundation.data.stream import LoaderConfig, build_loader
+from foundation.data.shards.stream import LoaderConfig, build_loader
 
 ALL_TRAIN = SplitRule(fractions=(1.0, 0.0, 0.0))
 
@@ -194,9 +194,9 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="temperature"):
         LoaderConfig(temperature=0.0)
     with pytest.raises(ValueError, match="rank 2 outside world size 2"):
-        build_loader({"x": "unused"}, "train", LoaderConfig(), rank=2, world_size=2)
+        build_loader({"x": "unused"}, "train", LoaderConfig(cutoff=5.0), rank=2, world_size=2)
     with pytest.raises(FileNotFoundError, match="dataset 'x': no shard manifest at /nonexistent"):
-        build_loader({"x": "/nonexistent"}, "train", LoaderConfig())
+        build_loader({"x": "/nonexistent"}, "train", LoaderConfig(cutoff=5.0))
 
 
 def test_batches_carry_dataset_names_and_dtype(three_shards):
@@ -220,7 +220,7 @@ def test_a_wholly_unreadable_shard_keeps_the_batch_count(three_shards, tmp_path,
     assert loader.counters["replaced_batches"] > 0 and loader.counters["missing_records"] == 10
     from webdataset.tariterators import tarfile_samples
 
-    from foundation.data.shard_format import decode_record
+    from foundation.data.shards.format import decode_record
 
     lost = {decode_record(x).key for x in tarfile_samples([{"url": str(three_shards / "train-000000.tar")}])}
     assert len(lost) == 10

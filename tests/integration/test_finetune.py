@@ -15,12 +15,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from foundation.cli.finetune import cli_main, config_from_args, parse_args
 from foundation.config import ConfigError, from_dict, load_yaml
 from foundation.data.readers import read
-from foundation.data.stream import LoaderConfig, build_loader
-from foundation.model import FoundationModel, ModelConfig, TaskSpec, load_export, save_export
-from foundation.train.finetune import FinetuneConfig, cli_main, config_from_args, finetune, parse_args, validate
-from foundation.train.finetune_data import _shard_key
+from foundation.data.shards.stream import LoaderConfig, build_loader
+from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats, load_export, save_export
+from foundation.train.datasets import cache_key
+from foundation.train.resolve import validate
+from foundation.train.run import run
+from foundation.train.run_config import RunConfig, config_from_mapping
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +41,8 @@ def pretrained(tmp_path_factory) -> Path:
              TaskSpec.for_target("band_gap"), TaskSpec.for_target("is_metal"),
              TaskSpec.for_target("energy", name="mp_energy"),
              TaskSpec.for_target("forces", name="mp_forces", forces_of="mp_energy")]
-    model = FoundationModel(config, tasks, normalization={"band_gap": (0.5, 1.2)},
-                            element_refs={"mp_energy": {8: -4.9}})
+    model = FoundationModel(config, tasks, stats={"band_gap": TaskStats((0.5,), (1.2,)),
+                                                  "mp_energy": TaskStats(element_refs={8: -4.9})})
     return save_export(model, tmp_path_factory.mktemp("pretrained") / "export")
 
 
@@ -48,13 +51,21 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-def _config(pretrained: Path, cache: Path, run_dir: Path, **over) -> FinetuneConfig:
+def finetune(cfg: RunConfig, split=None) -> dict:
+    return run(validate(cfg), split=split)
+
+
+def _shard_key(res, split) -> str:
+    return cache_key(res.data_name, res.datasets[res.data_name], res.tasks, split)
+
+
+def _config(pretrained: Path, cache: Path, run_dir: Path, **over) -> RunConfig:
     base = {"checkpoint": str(pretrained), "run_dir": str(run_dir), "cache_dir": str(cache), "seed": 1,
             "data": {"path": str(MP), "format": "mp_summary", "limit": 60},
             "tasks": [{"target": "band_gap"}], "max_steps": 6, "loader": {"max_atoms": 96},
             "optimizer": {"lr": 5.0e-3}, "schedule": {"warmup_steps": 1},
             "eval": {"every": 3}, "log": {"tensorboard": False, "progress": False}, "distributed": {"device": "cpu"}}
-    return from_dict(FinetuneConfig, {**base, **over})
+    return config_from_mapping({**base, **over}, "finetune")
 
 
 def _state(model, prefix: str) -> dict[str, torch.Tensor]:
@@ -93,7 +104,7 @@ def test_the_launcher_checks_a_config_without_starting_anything(pretrained):
 @pytest.mark.parametrize("config", sorted((ROOT / "configs/finetune").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_validates(config, pretrained):
     res = validate(config_from_args(parse_args(["--config", str(config), "--checkpoint", str(pretrained)])))
-    assert res.tasks and Path(res.data_path).is_file()
+    assert res.tasks and Path(res.datasets[res.data_name].path).is_file()
     assert res.config.max_steps is not None and res.config.early_stopping.enabled
 
 
@@ -134,7 +145,7 @@ class IdSplit:
 def _split_ids(shard_dir: str, name: str) -> dict[str, set[str]]:
     out = {}
     for split in ("train", "val", "test"):
-        loader = build_loader({name: shard_dir}, split, LoaderConfig(shuffle=False))
+        loader = build_loader({name: shard_dir}, split, LoaderConfig(cutoff=5.0, shuffle=False))
         out[split] = {i.split(":", 1)[1] for batch in loader for i in batch.ids}
     return out
 
@@ -177,7 +188,7 @@ def test_a_target_the_data_lacks_or_non_binary_labels_stop_before_training(pretr
     with pytest.raises(ConfigError, match=r"classification target needs labels 0 or 1; found band_gap="):
         finetune(_config(pretrained, cache, tmp_path / "b", tasks=[{"target": "band_gap", "kind": "classification"}]))
     assert not (tmp_path / "a" / "export").exists() and not (tmp_path / "b" / "checkpoints").exists()
-    with pytest.raises(ConfigError, match=r"tasks\[0\]\.datasets: a fine-tune reads one dataset, 'summary'"):
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.datasets: this run reads one dataset, 'summary'"):
         validate(_config(pretrained, cache, tmp_path / "c", tasks=[{"target": "band_gap", "datasets": ["mp"]}]))
     rc = cli_main(["--checkpoint", str(pretrained), "--data", str(DATA / "missing.json"), "--target", "band_gap"])
     assert rc == 2 and "data.path: no such file" in capsys.readouterr().err

@@ -51,7 +51,7 @@ def _config(cache: Path) -> dict:
         "schedule": {"warmup_steps": 2, "min_lr_ratio": 0.1},
         "ema": {"decay": 0.5},
         "distributed": {"device": "cpu", "zero_stage": 1},
-        "checkpoint": {"every": 6, "keep": 3},
+        "checkpoints": {"every": 6, "keep": 3},
         "eval": {"every": STEPS, "at_start": True},
         "log": {"every": 1, "progress": False},
     }
@@ -118,7 +118,7 @@ def test_two_processes_train_and_the_loss_falls(trained):
 def test_export_and_checkpoint_give_identical_predictions(trained):
     from safetensors.torch import load_file
 
-    from foundation.data.stream import LoaderConfig, build_loader
+    from foundation.data.shards.stream import LoaderConfig, build_loader
     from foundation.model import FoundationModel, load_export
 
     _, run_dir, _ = trained
@@ -128,7 +128,7 @@ def test_export_and_checkpoint_give_identical_predictions(trained):
     rebuilt.load_state_dict({k[len("model."):]: v for k, v in ema.items() if k.startswith("model.")})
     rebuilt.eval()
     shards = json.loads((run_dir / "shards.json").read_text())
-    loader = build_loader({"lips": shards["lips"], "mp": shards["mp"]}, "val", LoaderConfig(shuffle=False))
+    loader = build_loader({"lips": shards["lips"], "mp": shards["mp"]}, "val", LoaderConfig(cutoff=5.0, shuffle=False))
     batch = next(iter(loader))
     a, b = exported(batch), rebuilt(batch)
     assert set(a) == set(exported.tasks)
@@ -157,7 +157,7 @@ def test_resume_on_one_process_from_the_two_process_run(trained, tmp_path):
     ("datasets.oqmd={shards: /nonexistent/oqmd_shards}", "datasets.oqmd.shards: no such shard directory: /nonexistent"),
 ])
 def test_config_errors_fail_before_any_process_group(tmp_path, capsys, override, message):
-    from foundation.train.pretrain import cli_main
+    from foundation.cli.pretrain import cli_main
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(_config(tmp_path / "cache")))
@@ -172,7 +172,8 @@ def test_cluster_config_is_valid_and_generates_deepspeed_json():
 
     from foundation.config import to_dict
     from foundation.train.deepspeed_config import deepspeed_config
-    from foundation.train.pretrain import load_config, validate
+    from foundation.train.resolve import validate
+    from foundation.train.run_config import load_config
 
     res = validate(load_config(ROOT / "configs/pretrain/cluster.yaml"))
     cfg = res.config

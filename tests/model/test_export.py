@@ -9,7 +9,7 @@ import pytest
 import torch
 from model_fixtures import batch_of, load_mp
 
-from foundation.model import FoundationModel, ModelConfig, TaskSpec, load_export, save_export
+from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats, load_export, save_export
 from foundation.model.export import ExportError
 
 CONFIG = ModelConfig(cutoff=4.0, n_basis=6, hidden_irreps="8x0e + 4x1o + 2x2e", n_layers=2,
@@ -21,8 +21,8 @@ TASKS = [TaskSpec.for_target("energy", datasets=("mp",)), TaskSpec.for_target("f
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     torch.manual_seed(3)
-    model = FoundationModel(CONFIG, TASKS, normalization={"energy": (-0.5, 1.5), "band_gap": (1.2, 0.7)},
-                            element_refs={"energy": {8: -4.9, 89: -4.1}}, dtype=torch.float64).eval()
+    model = FoundationModel(CONFIG, TASKS, stats={"energy": TaskStats((-0.5,), (1.5,), {8: -4.9, 89: -4.1}),
+                                                   "band_gap": TaskStats((1.2,), (0.7,))}, dtype=torch.float64).eval()
     directory = save_export(model, tmp_path_factory.mktemp("export") / "m", extra={"sources": ["mp2018"]})
     return model, directory
 

@@ -7,7 +7,7 @@ import torch
 from model_fixtures import batch_of, load_mp
 
 from foundation.config import ConfigError, from_dict, load_yaml
-from foundation.model import Encoder, FoundationModel, ModelConfig, TaskSpec
+from foundation.model import Encoder, FoundationModel, ModelConfig, TaskSpec, TaskStats
 
 CONFIG = ModelConfig(cutoff=4.0, n_basis=6, hidden_irreps="8x0e + 4x1o + 2x2e", n_layers=2,
                      radial_hidden=(8,), head_hidden=8)
@@ -42,8 +42,8 @@ def test_normalisation_and_element_references(batch):
     refs = {z: 0.5 * z for z in range(119)}
     torch.manual_seed(1)
     shifted = FoundationModel(CONFIG, tasks()[:1] + [TaskSpec.for_target("energy_per_atom")],
-                              normalization={"energy": (2.0, 3.0), "energy_per_atom": (-1.0, 0.5)},
-                              element_refs={"energy": refs, "energy_per_atom": refs}, dtype=torch.float64)
+                              stats={"energy": TaskStats((2.0,), (3.0,), refs),
+                                     "energy_per_atom": TaskStats((-1.0,), (0.5,), refs)}, dtype=torch.float64)
     a, b = plain(batch), shifted(batch)
     n = batch.n_atoms.double()
     ref_sum = torch.zeros(batch.n_graphs, dtype=torch.float64).index_add(0, batch.batch, 0.5 * batch.numbers.double())
@@ -78,7 +78,7 @@ def test_add_and_remove_tasks_explicitly(batch):
         model.add_task(TaskSpec.for_target("forces", name="f2", forces_of="band_gap"))
     removed = model.remove_task("band_gap")
     assert removed.name == "band_gap" and "band_gap" not in model.heads
-    model.add_task(TaskSpec.for_target("band_gap", name="gap_ft"), normalization=(1.0, 2.0))
+    model.add_task(TaskSpec.for_target("band_gap", name="gap_ft"), TaskStats((1.0,), (2.0,)))
     assert list(model(batch.to(dtype=torch.float32))) == ["energy", "forces", "gap_ft"]
     assert model.heads["gap_ft"].std.item() == 2.0
     model.remove_task("forces")
@@ -88,13 +88,13 @@ def test_add_and_remove_tasks_explicitly(batch):
 
 def test_constructor_refuses_inconsistent_inputs():
     with pytest.raises(ValueError, match="unknown task"):
-        FoundationModel(CONFIG, tasks()[:1], normalization={"band_gap": (0.0, 1.0)})
+        FoundationModel(CONFIG, tasks()[:1], stats={"band_gap": TaskStats()})
     with pytest.raises(ValueError, match="already exists"):
         FoundationModel(CONFIG, tasks()[:1] * 2)
     with pytest.raises(ValueError, match="std > 0"):
-        FoundationModel(CONFIG, tasks()[:1], normalization={"energy": (0.0, 0.0)})
+        TaskStats((0.0,), (0.0,))
     with pytest.raises(ValueError, match="classification"):
-        FoundationModel(CONFIG, [TaskSpec.for_target("is_metal")], normalization={"is_metal": (0.0, 1.0)})
+        FoundationModel(CONFIG, [TaskSpec.for_target("is_metal")], stats={"is_metal": TaskStats()})
     # a force task listed before its energy is fine
     model = FoundationModel(CONFIG, [tasks()[1], tasks()[0]])
     assert list(model.tasks) == ["forces", "energy"]
@@ -177,9 +177,9 @@ def test_tiny_float32_forward_backward_on_32_real_structures():
 
 def test_bf16_model_keeps_exact_references_and_pools_in_float32(batch):
     torch.manual_seed(2)
-    refs = {"energy": {z: -1000.0 - z for z in range(119)}}
-    model = FoundationModel(CONFIG, tasks()[:2], element_refs=refs)
-    low = FoundationModel(CONFIG, tasks()[:2], element_refs=refs)
+    refs = {"energy": TaskStats(element_refs={z: -1000.0 - z for z in range(119)})}
+    model = FoundationModel(CONFIG, tasks()[:2], stats=refs)
+    low = FoundationModel(CONFIG, tasks()[:2], stats=refs)
     low.load_state_dict(model.state_dict())
     low = low.to(torch.bfloat16)
     head = low.heads["energy"]

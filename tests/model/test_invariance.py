@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_fixtures import batch_of, float64_default, load_mp, supercell, transformed
 
-from foundation.model import FoundationModel, ModelConfig, TaskSpec
+from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
 
 CONFIG = ModelConfig(
     cutoff=4.0, n_basis=6, lmax=2, hidden_irreps="8x0e + 2x0o + 4x1o + 2x1e + 2x2e", n_layers=2,
@@ -38,7 +38,8 @@ def model():
     torch.manual_seed(0)
     refs = {"energy": {z: -1.0 - 0.1 * z for z in range(119)}, "energy_per_atom": {8: -4.0, 89: -2.5}}
     norm = {"energy": (0.3, 1.7), "energy_per_atom": (-0.2, 0.9), "band_gap": (1.1, 2.0)}
-    m = FoundationModel(CONFIG, TASKS, norm, refs, dtype=torch.float64)
+    stats = {k: TaskStats((mean,), (std,), refs.get(k, {})) for k, (mean, std) in norm.items()}
+    m = FoundationModel(CONFIG, TASKS, stats, dtype=torch.float64)
     for ewald in m.encoder.ewald.values():  # the feedback starts at zero: make it act
         torch.nn.init.normal_(ewald.feedback_mlp[-1].weight, std=0.3)
     return m.eval()

@@ -1,5 +1,5 @@
 """Fine-tuning weights without a training run: freezing depths, layer-wise learning-rate groups,
-the late-starting EMA, and early stopping's bookkeeping (foundation/train/finetune_weights.py)."""
+the late-starting EMA, and early stopping's bookkeeping (foundation/train/weights.py, early_stopping.py, ema.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import torch
 from foundation.config import from_dict, load_yaml
 from foundation.model import FoundationModel, ModelConfig, TaskSpec
 from foundation.train.engine import param_groups
-from foundation.train.finetune import encoder_depth, freeze_encoder, lr_scales
-from foundation.train.finetune_config import EarlyStoppingConfig
-from foundation.train.finetune_weights import DelayedEMA, EarlyStopping
+from foundation.model.tasks import TaskStats
+from foundation.train.config import EarlyStoppingConfig
+from foundation.train.early_stopping import EarlyStopping
+from foundation.train.ema import EMA
+from foundation.train.weights import encoder_depth, freeze_encoder, lr_scales
 from foundation.train.loop import Objective
 from foundation.train.loss import MultiTaskLoss
 
@@ -90,7 +92,7 @@ def test_param_groups_without_scales_are_the_pretraining_groups():
 
 def test_delayed_ema_copies_then_averages():
     model = torch.nn.Linear(2, 1)
-    ema = DelayedEMA(model, decay=0.5, start=2)
+    ema = EMA(model, decay=0.5, start=2)
     for step in range(1, 4):
         with torch.no_grad():
             model.weight.add_(1.0)
@@ -105,7 +107,7 @@ def test_delayed_ema_copies_then_averages():
 def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
     model = torch.nn.Linear(1, 1)
     task = TaskSpec.for_target("band_gap")
-    stop = EarlyStopping(EarlyStoppingConfig(patience=2), True, [task], "d", {"band_gap": 2.0}, lambda: model)
+    stop = EarlyStopping(EarlyStoppingConfig(patience=2), True, [task], {"band_gap": TaskStats(std=(2.0,))}, lambda: model)
     maes = [0.5, 0.4, 0.45, 0.41]
     decisions = []
     for step, mae in enumerate(maes, 1):
@@ -114,7 +116,7 @@ def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
         decisions.append(stop(step, {"d": {"band_gap": {"mae": mae, "rmse": mae, "n": 3}}}))
     assert decisions == [False, False, False, True]
     assert stop.best_step == 2 and stop.best == pytest.approx(0.4) and float(stop.best_state["weight"]) == 2.0
-    loss = EarlyStopping(EarlyStoppingConfig(monitor="loss"), True, [task, TaskSpec.for_target("is_metal")], "d",
-                         {"band_gap": 2.0}, lambda: model)
+    loss = EarlyStopping(EarlyStoppingConfig(monitor="loss"), True, [task, TaskSpec.for_target("is_metal")],
+                         {"band_gap": TaskStats(std=(2.0,))}, lambda: model)
     assert loss.value({"d": {"band_gap": {"mae": 0.5}, "is_metal": {"roc_auc": 0.75}}}) == pytest.approx(0.25)
     assert math.isnan(loss.value({}))

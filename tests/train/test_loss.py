@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from foundation.data.graph import Batch
-from foundation.model import TaskSpec
+from foundation.model import TaskSpec, TaskStats
 from foundation.train.loss import MultiTaskLoss
 
 F64 = torch.float64
@@ -35,7 +35,7 @@ METAL = TaskSpec.for_target("is_metal")
 def test_regression_value_and_gradient_in_log_variance():
     batch = make_batch({"band_gap": torch.tensor([1.0, 2.0, 5.0], dtype=F64)},
                        {"band_gap": torch.tensor([True, True, False])})
-    loss_fn = MultiTaskLoss([GAP], normalization={"band_gap": (0.0, 2.0)}).double()
+    loss_fn = MultiTaskLoss([GAP], stats={"band_gap": TaskStats((0.0,), (2.0,))}).double()
     with torch.no_grad():
         loss_fn.log_vars.fill_(0.7)
     pred = torch.tensor([1.5, 1.0, 100.0], dtype=F64, requires_grad=True)
@@ -74,7 +74,7 @@ def test_extensive_errors_per_atom_and_loss_kinds():
                 "huber": torch.nn.functional.huber_loss(err, torch.zeros(3, dtype=F64), delta=1.0)}
     for kind, value in expected.items():
         spec = TaskSpec.for_target("energy", loss=kind)
-        loss_fn = MultiTaskLoss([spec], mode="fixed", normalization={"energy": (0.0, 0.5)}).double()
+        loss_fn = MultiTaskLoss([spec], mode="fixed", stats={"energy": TaskStats((0.0,), (0.5,))}).double()
         _, logs = loss_fn({"energy": pred}, make_batch({"energy": target}, mask))
         assert logs["energy/loss"] == pytest.approx(value.item(), abs=1e-13), kind
 
@@ -88,7 +88,7 @@ def test_forces_reduced_per_structure_first_and_fixed_atoms_ignored():
     mask = torch.tensor([True, True, True, True, True, False])  # structure 2 has no force labels
     fixed = torch.tensor([False, False, False, True, False, False])
     batch = make_batch({"forces": forces}, {"forces": mask}, fixed=fixed)
-    loss_fn = MultiTaskLoss([ENERGY, FORCES], normalization={"energy": (0.0, 1.0)}).double()
+    loss_fn = MultiTaskLoss([ENERGY, FORCES], stats={"energy": TaskStats((0.0,), (1.0,))}).double()
     _, logs = loss_fn({"energy": torch.zeros(3, dtype=F64), "forces": pred}, batch)
     assert logs["forces/loss"] == pytest.approx((0.5 + 1.0) / 2)  # mean over the 2 labelled structures
     assert logs["forces/count"] == 2.0
@@ -98,10 +98,10 @@ def test_forces_reduced_per_structure_first_and_fixed_atoms_ignored():
 
 
 def test_force_std_from_energy_task_or_its_own():
-    loss_fn = MultiTaskLoss([ENERGY, FORCES], normalization={"energy": (0.0, 0.25)})
-    assert loss_fn.std_forces.tolist() == [0.25] * 3
-    loss_fn = MultiTaskLoss([ENERGY, FORCES], normalization={"energy": (0.0, 0.25), "forces": (0.0, 0.1)})
-    assert loss_fn.std_forces.tolist() == pytest.approx([0.1] * 3)
+    loss_fn = MultiTaskLoss([ENERGY, FORCES], stats={"energy": TaskStats((0.0,), (0.25,))})
+    assert loss_fn.std("forces").tolist() == [0.25] * 3
+    loss_fn = MultiTaskLoss([ENERGY, FORCES], stats={"energy": TaskStats((0.0,), (0.25,)), "forces": TaskStats((0.0,), (0.1,))})
+    assert loss_fn.std("forces").tolist() == pytest.approx([0.1] * 3)
 
 
 def test_task_without_labels_contributes_nothing_and_raises_nothing():
@@ -150,7 +150,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="duplicate"):
         MultiTaskLoss([GAP, GAP])
     with pytest.raises(ValueError, match="unknown task"):
-        MultiTaskLoss([GAP], normalization={"gap": (0, 1)})
+        MultiTaskLoss([GAP], stats={"gap": TaskStats((0,), (1,))})
     batch = make_batch({"band_gap": torch.zeros(3, 2, dtype=F64)}, {"band_gap": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="prediction .* but label"):
         MultiTaskLoss([GAP])({"band_gap": torch.zeros(3, dtype=F64)}, batch)

@@ -6,7 +6,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from foundation.train.distributed import DistInfo
-from foundation.train.metrics import MetricAccumulator, evaluate, summary_table
+from foundation.metrics import summary_table
+from foundation.train.validation import MetricAccumulator, evaluate
 
 from toy import TASKS, make_batch
 

@@ -8,7 +8,7 @@ import torch
 
 from foundation.config import from_dict, load_yaml
 from foundation.data.graph import collate, neighbor_graph
-from foundation.model import FoundationModel, ModelConfig, TaskSpec
+from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
 
 from toy import random_crystal
 
@@ -20,7 +20,7 @@ def _model(datasets_b=("b", "c")):
              TaskSpec.for_target("energy", name="eb", datasets=datasets_b),
              TaskSpec.for_target("forces", name="fb", forces_of="eb", datasets=datasets_b)]
     torch.manual_seed(0)
-    return FoundationModel(config, tasks, normalization={"ea": (0.1, 0.7), "eb": (-0.2, 1.3)}).double()
+    return FoundationModel(config, tasks, stats={"ea": TaskStats((0.1,), (0.7,)), "eb": TaskStats((-0.2,), (1.3,))}).double()
 
 
 def _batch():

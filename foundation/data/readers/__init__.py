@@ -2,21 +2,34 @@
 
 `read(path, format=None, **options)` is the one entry point; `detect_format(path)` picks the
 layout from the path and, for JSON/CSV files, a peek at the first record; `FORMATS` lists the
-layouts. Each reader module is imported only when its format is read (some need optional
-dependencies such as lmdb). `read_structures` is the lenient front door for prediction:
+layouts. Heavy third-party libraries (pymatgen, ASE, lmdb) are imported by a reader when it runs. `read_structures` is the lenient front door for prediction:
 any readable database file, or a single CIF/POSCAR/anything ASE can read.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from foundation.data.crystal import Crystal
 from foundation.data.readers._detect import detect_format
+from foundation.data.readers.mp_summary import read_mp_summary
+from foundation.data.readers.matbench import read_matbench
+from foundation.data.readers.mp_elasticity import read_mp_elasticity
+from foundation.data.readers.matminer_csv import read_matminer_csv
+from foundation.data.readers.oqmd import read_oqmd
+from foundation.data.readers.nomad import read_nomad
+from foundation.data.readers.carolina import read_carolina
+from foundation.data.readers.cif_csv import parse_cif, read_cif_csv
+from foundation.data.readers.cse_json import read_cse_json
+from foundation.data.readers.extxyz import read_extxyz
+from foundation.data.readers.jarvis import read_jarvis
+from foundation.data.readers.ase_db import read_ase
+from foundation.data.readers.oc20_lmdb import read_oc20_lmdb
 from foundation.data.records import Reject
 
-__all__ = ["FORMATS", "read", "detect_format", "read_structures"]
+__all__ = ["FORMATS", "read", "read_any", "read_single_structure", "detect_format", "read_structures"]
 
 FORMATS: dict[str, str] = {
     "mp_summary": "Materials Project API summary documents, JSON lines/list (structure as pymatgen dict)",
@@ -46,74 +59,100 @@ def read(path, format: str | None = None, **options) -> Iterator[Crystal | Rejec
     format = format or detect_format(path)
     match format:
         case "mp_summary":
-            from foundation.data.readers.mp_summary import read_mp_summary as reader
+            reader = read_mp_summary
         case "matbench":
-            from foundation.data.readers.matbench import read_matbench as reader
+            reader = read_matbench
         case "mp_elasticity":
-            from foundation.data.readers.mp_elasticity import read_mp_elasticity as reader
+            reader = read_mp_elasticity
         case "matminer_csv":
-            from foundation.data.readers.matminer_csv import read_matminer_csv as reader
+            reader = read_matminer_csv
         case "oqmd":
-            from foundation.data.readers.oqmd import read_oqmd as reader
+            reader = read_oqmd
         case "nomad":
-            from foundation.data.readers.nomad import read_nomad as reader
+            reader = read_nomad
         case "carolina":
-            from foundation.data.readers.carolina import read_carolina as reader
+            reader = read_carolina
         case "cif_csv":
-            from foundation.data.readers.cif_csv import read_cif_csv as reader
+            reader = read_cif_csv
         case "cse_json":
-            from foundation.data.readers.cse_json import read_cse_json as reader
+            reader = read_cse_json
         case "extxyz":
-            from foundation.data.readers.extxyz import read_extxyz as reader
+            reader = read_extxyz
         case "jarvis":
-            from foundation.data.readers.jarvis import read_jarvis as reader
+            reader = read_jarvis
         case "ase":
-            from foundation.data.readers.ase_db import read_ase as reader
+            reader = read_ase
         case "oc20_lmdb":
-            from foundation.data.readers.oc20_lmdb import read_oc20_lmdb as reader
+            reader = read_oc20_lmdb
         case _:
             known = "\n".join(f"  {name}: {text}" for name, text in FORMATS.items())
             raise ValueError(f"unknown format {format!r}; known formats:\n{known}")
     return reader(path, **options)
 
 
-def _read_single_structure(path: Path) -> Crystal:
-    """One CIF/POSCAR/... file: pymatgen first (CIF, POSCAR, CONTCAR, cssr...), then `ase.io.read`."""
-    from foundation.data.readers.cif_csv import parse_cif
+def _error(exc: BaseException) -> str:
+    """An exception as words: its message, or what its type means when it has none."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, StopIteration) or (isinstance(exc, (AssertionError, IndexError)) and not text):
+        return "the file ends early or is malformed"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
+
+def read_single_structure(path: Path) -> Crystal:
+    """One CIF/POSCAR/... file: pymatgen first (CIF, POSCAR, CONTCAR, cssr...), then `ase.io.read`.
+    ValueError naming the file and what each library said when neither can read it."""
+    import ase.io  # pymatgen and ASE load many submodules: only when a single file is read
+    from pymatgen.core import Structure
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: cannot read a structure (the file is empty)")
     try:
         if path.suffix.lower() == ".cif":
             structure = parse_cif(path.read_text())
         else:
-            from pymatgen.core import Structure
-
             structure = Structure.from_file(path)
         return Crystal.from_pymatgen(structure, id=path.stem, source="user")
-    except Exception:  # pymatgen does not know this format: ASE knows many more
-        import ase.io
+    except Exception as first:  # pymatgen does not know this format: ASE knows many more
+        try:
+            return Crystal.from_ase(ase.io.read(path), id=path.stem, source="user")
+        except Exception as second:
+            raise ValueError(f"{path}: cannot read a structure (pymatgen: {_error(first)}; "
+                             f"ASE: {_error(second)})") from second
 
-        return Crystal.from_ase(ase.io.read(path), id=path.stem, source="user")
+
+def read_any(path, format: str | None = None, limit: int | None = None, **options) -> Iterator[Crystal | Reject]:
+    """Every record of one file, a Reject for each that cannot be used: a database file through
+    `read` (its first `limit` records), otherwise one structure file (`read_single_structure`).
+    A missing or unreadable file is one Reject naming the reason, so a caller reading many files
+    reports it and goes on."""
+    path = Path(path)
+    if not path.exists():
+        yield Reject("(file)", "", "no such file or directory", str(path))
+        return
+    try:
+        format = format or detect_format(path)
+    except ValueError:
+        format = None
+    try:
+        if format is None:
+            yield read_single_structure(path)
+            return
+        yield from itertools.islice(read(path, format, **options), limit)
+    except Exception as exc:  # a whole file the readers cannot parse: report it, go on with the rest
+        reason = str(exc).removeprefix(f"{path}: ") if isinstance(exc, ValueError) else _error(exc)
+        yield Reject("(file)", "", reason if format is None else f"cannot read ({reason})", str(path))
 
 
 def read_structures(path_or_paths, **options) -> Iterator[Crystal]:
     """Crystals from one path or many: database files via `read`, single structure files otherwise.
 
     Rejects of database files are skipped here (prediction has nothing to write for them); use
-    `read` to see them. A single file that nothing can parse raises with the file named.
+    `read` or `read_any` to see them. A single file that nothing can parse raises with the file named.
     """
     paths: Iterable = [path_or_paths] if isinstance(path_or_paths, (str, Path)) else path_or_paths
     for path in map(Path, paths):
-        try:
-            format = detect_format(path)
-        except ValueError:
-            format = None
-        if format is None:
-            try:
-                yield _read_single_structure(path)
-            except Exception as error:
-                reason = f"{type(error).__name__}: {error}"
-                raise ValueError(f"{path}: cannot read a structure ({reason})") from error
-            continue
-        for record in read(path, format, **options):
+        for record in read_any(path, **options):
             if isinstance(record, Crystal):
                 yield record
+            elif record.id == "(file)":
+                raise ValueError(f"{path}: {record.reason}")

@@ -33,18 +33,10 @@ import numpy as np
 from foundation.data.readers.ase_labels import LabelConvention, atoms_labels
 from foundation.data.readers.extxyz import frame_to_crystal
 from foundation.data.records import Reject
+from foundation.data.targets import KEY_ALIASES
 
 __all__ = ["read_ase", "select_frames", "KEY_ALIASES"]
 
-# Native key_value_pairs names -> canonical target names (foundation.data.targets).
-KEY_ALIASES = {
-    "gap": "band_gap", "bandgap": "band_gap", "band_gap": "band_gap",
-    "efermi": "efermi", "fermi_level": "efermi",
-    "formation_energy_per_atom": "formation_energy_per_atom", "hform": "formation_energy_per_atom",
-    "e_above_hull": "e_above_hull", "ehull": "e_above_hull",
-    "energy_per_atom": "energy_per_atom", "magmom": "total_magnetization",
-    "bulk_modulus": "bulk_modulus", "shear_modulus": "shear_modulus",
-}
 _ID_KEYS = ("uid", "name", "structure_id", "sid")
 
 

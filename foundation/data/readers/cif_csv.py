@@ -24,17 +24,10 @@ from pathlib import Path
 from foundation.data.crystal import Crystal
 from foundation.data.readers._common import convert_records, open_text, put, to_float
 from foundation.data.records import Reject
+from foundation.data.targets import CSV_COLUMNS
 
 __all__ = ["read_cif_csv", "CSV_COLUMNS", "parse_cif"]
 
-CSV_COLUMNS = {
-    "heat_all": "formation_energy",
-    "ind_gap": "band_gap",
-    "dir_gap": "direct_band_gap",
-    "energy_per_atom": "energy_per_atom",
-    "formation_energy_per_atom": "formation_energy_per_atom",
-    "band_gap": "band_gap",
-}
 # Default `source` by file-name prefix (the CDVAE benchmark files); otherwise the file stem.
 _SOURCES = {"perov": "perovskites", "carbon": "carbon24"}
 

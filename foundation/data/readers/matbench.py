@@ -27,20 +27,10 @@ from foundation.data.readers._common import (
     to_float,
 )
 from foundation.data.records import Reject
+from foundation.data.targets import MATBENCH_COLUMNS
 
 __all__ = ["read_matbench", "MATBENCH_COLUMNS"]
 
-# MatBench column name -> canonical target name.
-MATBENCH_COLUMNS = {
-    "e_form": "formation_energy_per_atom",
-    "gap pbe": "band_gap",
-    "efermi": "efermi",
-    "total_magnetization": "total_magnetization",
-    "log10(K_VRH)": "log10_bulk_modulus",
-    "log10(G_VRH)": "log10_shear_modulus",
-    "is_metal": "is_metal",
-    "e_above_hull": "e_above_hull",
-}
 _FLAG_TARGETS = {"is_metal", "is_stable"}
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .crystal import Crystal
+from ..crystal import Crystal
 
 __all__ = ["FORMAT", "VERSION", "encode_record", "decode_record", "read_manifest", "open_url",
            "is_url", "shard_location"]

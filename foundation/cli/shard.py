@@ -8,10 +8,11 @@ import json
 import sys
 import time
 
-from .shards import DEFAULT_EDGE_CUTOFFS, SplitRule, write_shards
-from .validate import ValidationConfig
+from ..data import readers
+from ..data.shards import DEFAULT_EDGE_CUTOFFS, SplitRule, write_shards
+from ..data.validate import ValidationConfig
 
-__all__ = ["main", "parse_args"]
+__all__ = ["cli_main", "parse_args"]
 
 
 def parse_args(argv: list[str], command: str = "shard") -> argparse.Namespace:
@@ -59,10 +60,8 @@ def _options(pairs: list[str]) -> dict:
     return options
 
 
-def main(argv: list[str], command: str = "shard") -> int:
+def cli_main(argv: list[str], command: str = "shard") -> int:
     args = parse_args(argv, command)
-    from . import readers
-
     fmt = args.format or readers.detect_format(args.input[0])
     options = _options(args.option)
 

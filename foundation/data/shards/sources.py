@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .packing import SourceSizes
-from .shard_format import decode_record, read_manifest, read_sizes, shard_location
+from .format import decode_record, read_manifest, read_sizes, shard_location
 
 __all__ = ["resolve_sources", "scan_shard", "edge_column"]
 

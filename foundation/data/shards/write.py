@@ -26,14 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
+from webdataset.tariterators import tarfile_samples
 
-from .crystal import Crystal
-from .records import Reject
-from .shard_format import FORMAT, SPLITS, VERSION, decode_record, encode_record, read_manifest
+from ..._version import __version__
+from ..crystal import Crystal
+from ..fingerprint import DuplicateIndex, fingerprint
+from ..records import Reject
+from ..validate import ValidationConfig
+from .format import FORMAT, SPLITS, VERSION, decode_record, encode_record, read_manifest, shard_location
+from .prepare import prepare_records
 from .statistics import LabelAccumulator, dataset_statistics, summarize
-from .validate import ValidationConfig
 
-__all__ = ["SplitRule", "write_shards", "read_manifest", "dataset_statistics", "cli_main", "sha256_file"]
+__all__ = ["SplitRule", "write_shards", "read_manifest", "dataset_statistics", "sha256_file", "DEFAULT_EDGE_CUTOFFS"]
 
 DEFAULT_EDGE_CUTOFFS = (4.0, 5.0, 6.0)  # Å: per-record edge counts for max_edges packing
 
@@ -146,10 +151,6 @@ def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, *, sh
     one group with `group_by_prefix`): mp2018 has 240 such duplicates, found in ~36 s more on the
     2-core CPU; leave it off for MD or relaxation frames, which are near-duplicates by nature.
     """
-    from tqdm import tqdm
-
-    from .prepare import prepare_records
-
     if split is None:
         split = SplitRule(tuple(fractions), seed, group_by_prefix)
     if validation is None:
@@ -240,11 +241,6 @@ def _prepare_out_dir(out: Path, overwrite: bool) -> Path:
 
 def _reference_index(dirs: tuple[str, ...]):
     """A DuplicateIndex holding every record of the shard directories `dirs` (all splits)."""
-    from webdataset.tariterators import tarfile_samples
-
-    from .fingerprint import DuplicateIndex, fingerprint
-    from .shard_format import read_manifest, shard_location
-
     index, origin = DuplicateIndex(), {}
     for d in dirs:
         manifest = read_manifest(d)
@@ -260,8 +256,6 @@ def _reference_index(dirs: tuple[str, ...]):
 def _manifest(out, shards, writers, counts, duplicates, stats, elements, dropped_labels, split, validation,
               edge_cutoffs, dedup, drop_duplicates, dedup_against, reader, sources,
               dedup_within_source=False) -> dict[str, Any]:
-    from .. import __version__
-
     arrays = {}
     for w in writers.values():
         for name, s in w.sizes.items():
@@ -304,9 +298,3 @@ def _describe_source(path: str) -> dict[str, Any]:
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
     return {"path": str(path), "files": [{"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
                                          for f in files]}
-
-
-def cli_main(argv: list[str], command: str = "shard") -> int:
-    from .shard_cli import main
-
-    return main(argv, command)

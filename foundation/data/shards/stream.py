@@ -6,7 +6,7 @@
     for batch in loader: ...            # len(loader) batches, the same number on every rank
     state = loader.state_dict()         # {"epoch", "position", ...}: resume mid-epoch exactly
 
-Records, not shards, are split between ranks and workers (`foundation.data.packing`): the plan
+Records, not shards, are split between ranks and workers (`foundation.data.shards.packing`): the plan
 is computed from the manifests alone, identically in every process, so three shards feed four
 rank×worker slots, and every rank gets the same number of batches with no collective. This is the
 explicit node/worker split: webdataset's shard-level `split_by_node`/`split_by_worker` are not
@@ -31,9 +31,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .graph import collate, neighbor_graph
+from ..graph import collate, neighbor_graph
 from .packing import EpochPlan, SourceSizes, plan_epoch, worker_batches
-from .shard_format import decode_record
+from .format import decode_record
 from .sources import resolve_sources
 
 __all__ = ["LoaderConfig", "StreamConfig", "ShardLoader", "build_loader"]
@@ -43,7 +43,7 @@ log = logging.getLogger("foundation.data")
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    cutoff: float = 5.0  # Å, neighbour graph cutoff (the model's)
+    cutoff: float | None = None  # Å, neighbour graph cutoff (the model's; a training run sets it)
     max_atoms: int = 1024  # atoms per batch (a larger structure gets a batch of its own)
     max_edges: int | None = None  # edges per batch, from per-record counts in the manifests
     num_workers: int = 0  # DataLoader worker processes per rank (0: read in the main process)
@@ -56,7 +56,7 @@ class LoaderConfig:
     multiprocessing_context: str | None = None  # "fork", "spawn", "forkserver" (None: platform default)
 
     def __post_init__(self):
-        if not self.cutoff > 0:
+        if self.cutoff is not None and not self.cutoff > 0:
             raise ValueError(f"cutoff must be > 0 Å, got {self.cutoff}")
         if self.max_atoms < 1 or (self.max_edges is not None and self.max_edges < 1):
             raise ValueError(f"batch budgets must be >= 1, got max_atoms={self.max_atoms}, max_edges={self.max_edges}")
@@ -289,6 +289,8 @@ def build_loader(datasets: dict[str, str | list[str]], split: str, config: Loade
     position = int(skip_batches)
     if not datasets:
         raise ValueError("build_loader: no datasets given")
+    if config.cutoff is None:
+        raise ValueError("build_loader: the loader config has no cutoff (a training run sets the model's)")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     names = list(datasets)

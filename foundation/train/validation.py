@@ -1,4 +1,5 @@
-"""Validation metrics per dataset and task, reduced across ranks (MAE/RMSE; ROC-AUC via sklearn).
+"""Validation during training: metrics per dataset and task reduced across ranks, and the scores
+of a finished model on a whole split.
 
 `evaluate` makes every rank run the same number of collectives whatever its number of
 validation batches: each iteration all-reduces "do I still have a batch"; a rank that ran out
@@ -8,24 +9,19 @@ result discarded. No rank can wait forever on another after an evaluation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from sklearn.metrics import roc_auc_score
 
+from ..data.shards import build_loader, read_manifest
+from ..metrics import classification_metrics, label_mask, regression_metrics
 from .distributed import DistInfo, all_gather_rows, all_reduce
 
-__all__ = ["MetricAccumulator", "evaluate", "label_mask", "summary_table"]
-
-
-def label_mask(task: Any, batch) -> torch.Tensor:
-    """[n_graphs] or [n_atoms] bool: where `task`'s label is present in `batch`; atoms held fixed
-    in the DFT run (`batch.fixed`, OC20) carry no force label."""
-    mask = batch.masks[task.target]
-    if getattr(task, "level", "structure") == "atom" and batch.fixed is not None:
-        mask = mask & ~batch.fixed
-    return mask
+__all__ = ["MetricAccumulator", "evaluate", "split_metrics"]
 
 
 class MetricAccumulator:
@@ -65,8 +61,6 @@ class MetricAccumulator:
     def reduce(self, info: DistInfo) -> dict[str, dict[str, dict[str, float]]]:
         """Collective. {dataset: {task: {"mae", "rmse", "n"} or {"roc_auc", "n"}}}; tasks with no
         labels in a dataset's validation split are left out."""
-        from sklearn.metrics import roc_auc_score
-
         sums = all_reduce(self._sums, info).cpu()
         out: dict[str, dict[str, dict[str, float]]] = {}
         for d, dataset in enumerate(self.datasets):
@@ -122,46 +116,34 @@ def evaluate(
     return acc.reduce(info)
 
 
-def flat_scalars(metrics: dict[str, dict[str, dict[str, float]]]) -> dict[str, float]:
-    """{"val/<dataset>/<task>/<metric>": value} for TensorBoard."""
-    return {
-        f"val/{d}/{t}/{m}": v
-        for d, tasks in metrics.items()
-        for t, ms in tasks.items()
-        for m, v in ms.items()
-        if m != "n"
-    }
-
-
-def summary_table(metrics: dict[str, dict[str, dict[str, float]]], units: dict[str, str],
-                  initial: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
-    """A fixed-width table: dataset, task, metric, value, unit, n (and the initial value, if given)."""
-    header = ("dataset", "task", "metric", "value", "unit", "n") + (("initial",) if initial else ())
-    rows = [header]
-    for d, tasks in metrics.items():
-        for t, ms in tasks.items():
-            for m, v in ms.items():
-                if m in ("n", "rmse"):
+def split_metrics(model, tasks: list[Any], loader_cfg, shard_dirs: dict[str, str], split: str,
+                  device) -> dict[str, Any] | None:
+    """{task: regression_metrics | classification_metrics} of `model` on every record of `split`
+    of the datasets (each task on the datasets it names); None when the split is empty. One
+    process: each record exactly once."""
+    chosen = {n: d for n, d in shard_dirs.items() if read_manifest(d)["counts"]["splits"][split]["records"]}
+    if not chosen:
+        return None
+    cfg = dataclasses.replace(loader_cfg, shuffle=False, temperature=1.0, num_workers=0)
+    rows: dict[str, tuple[list, list]] = {t.name: ([], []) for t in tasks}
+    needs_grad = any(t.forces_of is not None for t in tasks)
+    for name, where in chosen.items():
+        for batch in build_loader({name: where}, split, cfg):
+            batch = batch.to(device)
+            with torch.set_grad_enabled(needs_grad):
+                out = model(batch)
+            for task in tasks:
+                if task.target not in batch.targets or not task.uses(name):
                     continue
-                unit = "" if m == "roc_auc" else units.get(t, "")
-                row = (d, t, m.upper() if m == "mae" else "ROC-AUC", f"{v:.4g}", unit, str(int(ms["n"])))
-                if initial:
-                    before = initial.get(d, {}).get(t, {}).get(m)
-                    row += ("" if before is None else f"{before:.4g}",)
-                rows.append(row)
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def eval_log_line(step: int, metrics: dict[str, dict[str, dict[str, float]]], units: dict[str, str]) -> str:
-    parts = []
-    for d, tasks in metrics.items():
-        for t, ms in tasks.items():
-            if "mae" in ms:
-                parts.append(f"{d}/{t} MAE {ms['mae']:.4g} {units.get(t, '')}".rstrip())
-            else:
-                parts.append(f"{d}/{t} ROC-AUC {ms['roc_auc']:.3f}")
-    return f"eval @ step {step}: " + (" | ".join(parts) if parts else "no labelled validation data")
-
+                mask = label_mask(task, batch)
+                rows[task.name][0].append(out[task.name].detach()[mask].reshape(-1).double().cpu())
+                rows[task.name][1].append(batch.targets[task.target][mask].reshape(-1).double().cpu())
+    result = {}
+    for task in tasks:
+        preds, labels = rows[task.name]
+        if not preds or not sum(len(p) for p in preds):
+            continue
+        p, y = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+        result[task.name] = (classification_metrics(y, torch.sigmoid(torch.from_numpy(p)).numpy())
+                             if task.kind == "classification" else regression_metrics(y, p))
+    return result

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .targets import target_info
+from ..targets import target_info
+from .format import read_manifest
 
 __all__ = ["LabelAccumulator", "REFERENCE_TARGETS", "solve_references", "combine", "summarize",
            "dataset_statistics"]
@@ -193,7 +194,7 @@ def dataset_statistics(manifests, tasks=None) -> tuple[dict[str, tuple[float, fl
     forces; a force task (forces_of) or a classification task gets no entry (the model refuses
     one); a std that is 0 (one record) becomes 1.
     """
-    from .shard_format import read_manifest
+
 
     named = manifests.items() if isinstance(manifests, dict) else enumerate(manifests)
     loaded = {name: m if isinstance(m, dict) else read_manifest(m) for name, m in named}

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from .crystal import Crystal
-from .fingerprint import Fingerprint, fingerprint, fingerprint_reach, pair_distances
-from .records import Reject
-from .validate import ValidationConfig, validate
+from ..crystal import Crystal
+from ..fingerprint import Fingerprint, fingerprint, fingerprint_reach, pair_distances
+from ..records import Reject
+from ..validate import ValidationConfig, validate
 
 __all__ = ["prepare", "prepare_records"]
 

@@ -1,0 +1,210 @@
+"""The one training recipe: `run(validate(load_config(...)))` pretrains or fine-tunes.
+
+Order of events (why): the config is parsed and every field, task, path and the checkpoint are
+checked first (`resolve.validate`), so a typo fails in seconds with the field's name and no process
+group is ever started; then the process group; then rank 0 builds any missing shards (the others
+wait) and the labels are checked (a target the data does not carry is a ConfigError naming the
+task); then the model, with every task's statistics from the train splits; then DeepSpeed; then
+the loop, with EMA, checkpoints and (when enabled) early stopping; then the export: the best
+evaluated weights (early stopping) or the evaluated ones at the end, with the kept pretrained
+heads, scored on the validation and test splits when `final_eval` is set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+
+from ..config import to_dict
+from ..metrics import metrics_table
+from ..model import save_export
+from . import checkpoint as ck
+from .datasets import check_labels, make_stream, make_val_splits, prepare_shards, resume_position
+from .distributed import DistInfo, barrier, broadcast_text, setup, teardown
+from .early_stopping import EarlyStopping
+from .ema import EMA
+from .engine import build_engine, compute_dtype, gathered
+from .loop import LoopSettings, Trainer
+from .normalization import task_statistics
+from .resolve import Resolved
+from .rng import seed_everything
+from .validation import split_metrics
+from .weights import build_objective, export_model, lr_scales
+
+__all__ = ["run", "setup_logging"]
+
+log = logging.getLogger("foundation.train")
+
+
+def setup_logging(rank: int) -> None:
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        force=True, stream=sys.stdout)
+
+
+def _write_record(run_dir: Path, res: Resolved, ds_config: dict[str, Any], shard_dirs: dict[str, str]) -> None:
+    """The run's config, the generated DeepSpeed JSON and the resolved shard directories."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(res.config), sort_keys=False))
+    (run_dir / "deepspeed_config.json").write_text(json.dumps(ds_config, indent=1))
+    (run_dir / "shards.json").write_text(json.dumps({k: str(v) for k, v in shard_dirs.items()}, indent=1))
+
+
+def _budget(res: Resolved, batches_per_epoch: int) -> int:
+    """Optimiser steps: max_steps, or epochs x steps per epoch, whichever is smaller."""
+    cfg = res.config
+    steps = cfg.max_steps or math.inf
+    if cfg.epochs is not None:
+        per_epoch = math.ceil(batches_per_epoch / cfg.distributed.grad_accum)
+        steps = min(steps, max(1, math.ceil(cfg.epochs * per_epoch)))
+    return int(steps)
+
+
+def _trainer(res: Resolved, engine, ema, dirs: dict[str, str], info: DistInfo, on_eval) -> Trainer:
+    """The loop with its data, TensorBoard writer (rank 0) and batch preparation."""
+    cfg = res.config
+    writer = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard")) if info.is_main and cfg.log.tensorboard else None
+    stream = make_stream(res.loader, dirs, info)
+    settings = LoopSettings(_budget(res, len(stream.loader)), cfg.optimizer, cfg.schedule, cfg.eval, cfg.checkpoints,
+                            cfg.log)
+    dtype = compute_dtype(engine)
+    return Trainer(engine, ema, stream, make_val_splits(res.loader, dirs, info), res.tasks, info, cfg.run_dir,
+                   settings, lambda b: b.to(info.device, dtype), writer=writer,
+                   zero_stage=cfg.distributed.zero_stage, on_eval=on_eval, desc=cfg.recipe)
+
+
+def _engine(res: Resolved, objective, info: DistInfo):
+    """(engine, resume plan): a run that does not resume starts without the earlier checkpoints."""
+    cfg, run_dir = res.config, Path(res.config.run_dir)
+    if info.is_main and not cfg.checkpoints.resume and (run_dir / "checkpoints").is_dir():
+        log.info("removing the checkpoints of an earlier run in %s (checkpoints.resume is false)", run_dir)
+        shutil.rmtree(run_dir / "checkpoints")
+    barrier(info)
+    plan = ck.plan_resume(run_dir / "checkpoints", cfg.checkpoints, info)
+    scale = lr_scales(cfg.lr_decay, res.model.n_layers) if cfg.lr_decay < 1 else None
+    engine, ds_config = build_engine(objective, cfg.distributed, cfg.optimizer, info,
+                                     load_universal=plan.mode == "universal", lr_scale=scale)
+    return engine, plan, ds_config
+
+
+def _final(res: Resolved, model, dirs: dict[str, str], info: DistInfo) -> dict[str, Any]:
+    """Rank 0: the exported weights scored on every dataset's validation and test splits."""
+    model.to(info.device)
+    results = {"validation": split_metrics(model, res.tasks, res.loader, dirs, "val", info.device),
+               "test": split_metrics(model, res.tasks, res.loader, dirs, "test", info.device)}
+    model.cpu()
+    return {k: v for k, v in results.items() if v is not None}
+
+
+def _summary(res: Resolved, training: dict[str, Any], stopper: EarlyStopping, best_step: int,
+             final: dict[str, Any] | None, dirs: dict[str, str], counts: dict[str, Any]) -> dict[str, Any]:
+    cfg, run_dir = res.config, Path(res.config.run_dir)
+    if final is None:  # pretraining: the loop's summary, with where the export went
+        return {**training, "export": str(run_dir / "export"), "best_step": best_step}
+    data = {name: {"name": name, "path": ds.path, "format": ds.format, "derive": ds.derive, "shards": dirs[name],
+                   "counts": {k: counts[name][k] for k in ("read", "written", "rejected")}
+                   | {"splits": {s: v["records"] for s, v in counts[name]["splits"].items()}}}
+            for name, ds in res.datasets.items()}
+    return {
+        "export": str(run_dir / "export"), "best_step": int(best_step), "steps": training["steps"],
+        "stopped_early": stopper.stopped,
+        "monitor": {"name": stopper.describe(), "best": stopper.best if math.isfinite(stopper.best) else None},
+        "validation": final.get("validation", {}), **({"test": final["test"]} if "test" in final else {}),
+        "checkpoint": res.checkpoint, "from_scratch": cfg.from_scratch,
+        "data": data[res.data_name] if cfg.data is not None else data,
+        "tasks": {t.name: {"target": t.target, "kind": t.kind, "unit": t.unit} for t in res.tasks},
+        "kept_heads": res.kept, "replaced_heads": res.replaced, "freeze": cfg.freeze, "lr_decay": cfg.lr_decay,
+        "run_dir": str(run_dir), "train_seconds": training["train_seconds"], "training": training,
+    }
+
+
+def _export_extra(res: Resolved, trainer: Trainer, summary: dict[str, Any], final: dict[str, Any] | None,
+                  dirs: dict[str, str]) -> dict[str, Any]:
+    """What the export's config.json says of the run that made it, under the recipe's name."""
+    cfg = res.config
+    keys = ("checkpoint", "from_scratch", "data", "tasks", "best_step", "steps", "freeze", "lr_decay", "kept_heads",
+            "replaced_heads", "stopped_early")
+    run = {k: summary[k] for k in keys if k in summary}
+    run.update(run_dir=cfg.run_dir, datasets=dict(dirs), steps=summary["steps"], best_step=summary["best_step"])
+    extra = {cfg.recipe: run, "weights": "ema" if trainer.ema is not None and cfg.eval.use_ema else "raw",
+             "metrics": final if final is not None else {"validation": summary["validation"]}}
+    return json.loads(json.dumps(extra, default=str))
+
+
+def _finish(res: Resolved, trainer: Trainer, training: dict[str, Any], evaluated, stopper: EarlyStopping,
+            dirs: dict[str, str], counts: dict[str, Any], info: DistInfo) -> dict[str, Any]:
+    """Collective. Export the chosen weights (rank 0), score them, write summary.json; every rank
+    returns the summary. `training`: the loop's summary."""
+    cfg, run_dir = res.config, Path(res.config.run_dir)
+    best = stopper.best_state if stopper.enabled else None
+    best_step = stopper.best_step if best is not None else trainer.state.step
+    text = ""
+    with gathered(trainer.engine, enabled=trainer.ema is None and cfg.distributed.zero_stage == 3):
+        if info.is_main:
+            model = export_model(res, evaluated(), best)
+            final = _final(res, model, dirs, info) if cfg.final_eval else None
+            summary = _summary(res, training, stopper, best_step, final, dirs, counts)
+            if cfg.export:
+                save_export(model, run_dir / "export", extra=_export_extra(res, trainer, summary, final, dirs))
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+            if final is not None:
+                log.info("%s: exported the weights of step %d (%s) of %d steps%s to %s; their metrics:\n%s",
+                         cfg.recipe, best_step, "best validation " + stopper.describe() if best is not None
+                         else "the last", training["steps"], " (stopped early)" if stopper.stopped else "",
+                         run_dir / "export", metrics_table(final, {t.name: t.unit for t in res.tasks}))
+            text = json.dumps(summary, default=str)
+    text = broadcast_text(text, info)
+    barrier(info)
+    return json.loads(text)
+
+
+def _train(res: Resolved, split, info: DistInfo) -> dict[str, Any]:
+    cfg = res.config
+    dirs = prepare_shards(res, info, split)
+    counts = check_labels(res, dirs, report=info.is_main)
+    stats = task_statistics(res.tasks, dirs)
+    objective = build_objective(res, stats)
+    ema = EMA(objective, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
+    engine, plan, ds_config = _engine(res, objective, info)
+    if info.is_main:
+        _write_record(Path(cfg.run_dir), res, ds_config, dirs)
+    seed_everything(cfg.seed * 1000 + info.rank)  # per-rank randomness from here on
+    evaluated = (lambda: ema.module.model) if ema is not None and cfg.eval.use_ema else (lambda: engine.module.model)
+    has_val = any(c["splits"]["val"]["records"] for c in counts.values())
+    stopper = EarlyStopping(cfg.early_stopping, cfg.early_stopping.enabled and has_val, res.tasks, stats, evaluated)
+    trainer = _trainer(res, engine, ema, dirs, info, stopper)
+    train_state, data_state = ck.restore(engine, plan, ema, info)
+    trainer.load_state(train_state, data_state)
+    if plan.mode != "fresh" and data_state is None and "data" in train_state:
+        resume_position(trainer.stream, train_state["data"])  # another world size: same epoch fraction
+    if ema is not None:
+        ema.steps = trainer.state.step
+    log.info("%s %s: %d rank(s) on %s (%s), ZeRO %d, %s, up to %d steps, resume: %s at step %d", cfg.recipe,
+             cfg.run_dir, info.world_size, info.device, info.backend, cfg.distributed.zero_stage,
+             cfg.distributed.precision, trainer.s.max_steps, plan.mode, trainer.state.step)
+    training = trainer.run()
+    if trainer.writer is not None:
+        trainer.writer.close()
+    return _finish(res, trainer, training, evaluated, stopper, dirs, counts, info)
+
+
+def run(res: Resolved, *, split=None, local_rank: int | None = None) -> dict[str, Any]:
+    """Collective: train, export and (with final_eval) score; returns the summary (also
+    `<run_dir>/summary.json`). `split`: an object with `assign(crystal) -> "train" | "val" | "test"`
+    and `to_json() -> dict` replacing the hash split of the datasets (part of the shard cache key).
+    Starts and ends its own process group (one plain process when no launcher set one up), so it
+    can be called several times in one process."""
+    info = setup(res.config.distributed.device, res.config.distributed.timeout_s, local_rank)
+    setup_logging(info.rank)
+    try:
+        return _train(res, split, info)
+    finally:
+        teardown()
