@@ -51,3 +51,14 @@ def test_overrides_parse_yaml_values():
     assert cfg.inner.lr == 0.5 and cfg.steps == 3 and cfg.seed is None
     with pytest.raises(ConfigError, match="expected key.path=value"):
         apply_overrides({}, ["steps"])
+
+
+def test_overrides_index_lists_and_name_bad_paths():
+    data = {"tasks": [{"target": "a"}, {"target": "b", "weight": 1.0}], "optimizer": {"lr": 1.0}}
+    out = apply_overrides(data, ["tasks.1.weight=2", "tasks.0.name=x", "optimizer.lr=0.5", "tasks.-1.target=c"])
+    assert out["tasks"] == [{"target": "a", "name": "x"}, {"target": "c", "weight": 2}]
+    assert data["tasks"][1]["weight"] == 1.0  # the input is not changed
+    with pytest.raises(ConfigError, match=r"override tasks\.5\.weight: '5' is not an index of a list of 2"):
+        apply_overrides(data, ["tasks.5.weight=2"])
+    with pytest.raises(ConfigError, match=r"optimizer.lr.x: 'x' is inside a float"):
+        apply_overrides(data, ["optimizer.lr.x=1"])

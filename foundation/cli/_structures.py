@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,9 @@ from ..api import model_input
 from ..data.crystal import Crystal
 from ..data.readers import read_any
 from ..data.records import Reject
+from ..model.export import ExportError
 
-__all__ = ["Record", "common_args", "read_records", "chunks", "report", "formula", "numeric", "labels"]
+__all__ = ["Record", "common_args", "read_records", "chunks", "report", "formula", "numeric", "labels", "run_command"]
 
 
 @dataclass
@@ -100,3 +102,16 @@ def labels(records: list[Record]) -> dict[str, np.ndarray]:
 
     names = sorted({k for r in records for k, v in r.crystal.targets.items() if np.isfinite(scalar(v))})
     return {f"label_{name}": np.array([scalar(r.crystal.targets.get(name)) for r in records]) for name in names}
+
+
+def run_command(args: argparse.Namespace, main: Callable[[argparse.Namespace], int], command: str) -> int:
+    """`main(args)` after the shared argument checks; a checkpoint that is not an export is one
+    line on stderr and exit status 2."""
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
+        print(f"foundation {command}: --batch-size must be >= 1 and --limit >= 0", file=sys.stderr)
+        return 2
+    try:
+        return main(args)
+    except ExportError as exc:
+        print(f"foundation {command}: {exc}", file=sys.stderr)
+        return 2

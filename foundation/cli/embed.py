@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..api import load_encoder, progress_bar
 from ..data.records import Reject
-from ..model.export import ExportError
-from ._structures import Record, chunks, common_args, labels, read_records, report
+from ._structures import Record, chunks, common_args, labels, read_records, report, run_command
 
 
 __all__ = ["parse_args", "cli_main"]
@@ -55,12 +53,4 @@ def parse_args(argv: list[str], command: str = "embed") -> argparse.Namespace:
 
 def cli_main(argv: list[str] | None = None, command: str = "embed") -> int:
     """`foundation embed ...`; returns the exit status."""
-    args = parse_args(argv, command)
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
-        print(f"foundation {command}: --batch-size must be >= 1 and --limit >= 0", file=sys.stderr)
-        return 2
-    try:
-        return _embed_main(args)
-    except ExportError as exc:
-        print(f"foundation {command}: {exc}", file=sys.stderr)
-        return 2
+    return run_command(parse_args(argv, command), _embed_main, command)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ import numpy as np
 from ..api import Predictor, load_model, progress_bar
 from ..data.records import Reject
 from ..model import TaskSpec
-from ..model.export import ExportError
-from ._structures import Record, chunks, common_args, formula, numeric, read_records, report
+from ._structures import Record, chunks, common_args, formula, numeric, read_records, report, run_command
 
 
 __all__ = ["parse_args", "cli_main"]
@@ -47,20 +45,6 @@ def _row(record: Record, predictor: Predictor, values: dict[str, np.ndarray], i:
         if label is not None and label.size == spec.dim:
             row.update(zip(_truth_columns(columns), label.tolist()))
     return row
-
-
-def _write_csv(rows: list[dict[str, Any]], predictor: Predictor, out: Path) -> None:
-    header = ["file", "id", "formula", "n_atoms"]
-    present = {key for row in rows for key in row}
-    for name, spec in predictor.tasks.items():
-        if spec.level == "structure":
-            columns = _columns(name, spec, predictor.units[name])
-            header += columns + [t for t in _truth_columns(columns) if t in present]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=header, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _write_csv(rows: list[dict[str, Any]], predictor: Predictor, out: Path) -> None:
@@ -120,19 +104,6 @@ def _write_atom_predictions(out: Path, records: list[Record], parts: dict[str, l
              **arrays)
 
 
-def _write_atom_predictions(out: Path, records: list[Record], parts: dict[str, list[np.ndarray]]) -> None:
-    """npz: ids, files, n_atoms [n], offsets [n + 1] (rows of structure i: offsets[i]:offsets[i+1]),
-    numbers [Σ n_i], and one [Σ n_i, dim] array per atom-level task."""
-    n_atoms = np.array([r.crystal.n_atoms for r in records], dtype=np.int64)
-    arrays = {name: np.concatenate(v) if v else np.zeros((0, 3)) for name, v in parts.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, ids=np.array([r.crystal.id for r in records], dtype=str),
-             files=np.array([r.file for r in records], dtype=str), n_atoms=n_atoms,
-             offsets=np.concatenate([[0], np.cumsum(n_atoms)]),
-             numbers=np.concatenate([r.crystal.numbers for r in records]) if records else np.zeros(0, np.int64),
-             **arrays)
-
-
 def parse_args(argv: list[str], command: str = "predict") -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"foundation {command}", description=__doc__.splitlines()[0])
     common_args(parser)
@@ -143,12 +114,4 @@ def parse_args(argv: list[str], command: str = "predict") -> argparse.Namespace:
 
 def cli_main(argv: list[str] | None = None, command: str = "predict") -> int:
     """`foundation predict ...`; returns the exit status."""
-    args = parse_args(argv, command)
-    if args.batch_size < 1 or (args.limit is not None and args.limit < 0):
-        print(f"foundation {command}: --batch-size must be >= 1 and --limit >= 0", file=sys.stderr)
-        return 2
-    try:
-        return _predict_main(args)
-    except ExportError as exc:
-        print(f"foundation {command}: {exc}", file=sys.stderr)
-        return 2
+    return run_command(parse_args(argv, command), _predict_main, command)

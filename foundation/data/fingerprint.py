@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .crystal import Crystal
-from .graph import search_box
+from .graph import PairSearch
 
 __all__ = ["Fingerprint", "fingerprint", "DuplicateIndex", "pair_distances"]
 
@@ -53,15 +53,7 @@ class Fingerprint:
 
 def pair_distances(crystal: Crystal, cutoff: float) -> np.ndarray:
     """Distances (Å) of every pair i<j, and atom-image pairs, closer than `cutoff` (each once)."""
-    from vesin import NeighborList
-
-
-    if crystal.n_atoms == 1 and not crystal.pbc.any():
-        return np.zeros(0)
-    box = search_box(crystal.cell, crystal.pbc, crystal.positions)
-    (d,) = NeighborList(cutoff=float(cutoff), full_list=False).compute(
-        points=crystal.positions, box=box, periodic=crystal.pbc.tolist(), quantities="d")
-    return np.asarray(d)
+    return PairSearch(crystal, cutoff).pairs(cutoff)[2]
 
 
 def fingerprint_reach(crystal: Crystal) -> float:

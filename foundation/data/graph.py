@@ -10,15 +10,17 @@ Shifts are integer lattice translations, so gradients flow to positions and to t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
+from vesin import NeighborList
 
 from .crystal import Crystal
 from .targets import TARGETS
 
-__all__ = ["Graph", "Batch", "neighbor_graph", "collate"]
+__all__ = ["Graph", "Batch", "PairSearch", "neighbor_graph", "collate", "search_box"]
 
 
 @dataclass
@@ -45,8 +47,6 @@ def neighbor_graph(crystal: Crystal, cutoff: float, dataset: str = "") -> Graph:
     Periodicity follows `crystal.pbc` per direction; a structure with no periodic direction
     may have a zero cell. Uses vesin (a cell-list neighbour search, ~0.2 ms for 100 atoms).
     """
-    from vesin import NeighborList
-
     pbc = np.asarray(crystal.pbc, dtype=bool)
     cell = search_box(crystal.cell, pbc, crystal.positions)
     i, j, shift = NeighborList(cutoff=float(cutoff), full_list=True).compute(
@@ -79,6 +79,39 @@ def search_box(cell: np.ndarray, pbc: np.ndarray, positions: np.ndarray) -> np.n
     for row, k in zip(complement, np.flatnonzero(~pbc)):
         cell[k] = row * (extent + 10.0)
     return cell
+
+
+class PairSearch:
+    """The half neighbour list of one crystal (pairs i < j and atom-image pairs, each once), searched
+    once at the largest radius any caller needs and filtered for smaller ones: the shard writer's
+    validation (closest pair), edge counts and duplicate fingerprint share one vesin search.
+
+    `radius`: Å, or a function giving it, called at the first search (after validation, when
+    a per-crystal radius such as the fingerprint's can be computed from a sound cell)."""
+
+    def __init__(self, crystal: Crystal, radius: float | Callable[[], float]):
+        self.crystal, self.radius = crystal, radius
+        self._found: tuple[np.ndarray, np.ndarray, np.ndarray, float] | None = None
+
+    def pairs(self, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(i, j, distance Å) of every pair closer than `cutoff` (at most the search radius)."""
+        if self._found is None:
+            radius = float(self.radius() if callable(self.radius) else self.radius)
+            self._found = (*_half_list(self.crystal, radius), radius)
+        i, j, d, radius = self._found
+        if cutoff > radius + 1e-12:
+            raise ValueError(f"pairs within {cutoff} Å asked of a search to {radius} Å")
+        keep = d < cutoff
+        return i[keep], j[keep], d[keep]
+
+
+def _half_list(crystal: Crystal, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if cutoff <= 0 or (crystal.n_atoms == 1 and not crystal.pbc.any()):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    box = search_box(crystal.cell, crystal.pbc, crystal.positions)
+    i, j, d = NeighborList(cutoff=float(cutoff), full_list=False).compute(
+        points=crystal.positions, box=box, periodic=crystal.pbc.tolist(), quantities="ijd")
+    return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64), np.asarray(d, dtype=np.float64)
 
 
 @dataclass

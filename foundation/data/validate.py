@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .crystal import Crystal
-from .graph import search_box
+from .graph import PairSearch
 from .records import Reject
 from .targets import TARGETS
 
@@ -58,11 +58,13 @@ class ValidationConfig:
 
 
 def validate(crystal: Crystal, config: ValidationConfig | None = None, *, min_distance: float = 0.5,
-             required_targets: tuple[str, ...] = (), allowed_elements=None, path: str = "") -> Crystal | Reject:
+             required_targets: tuple[str, ...] = (), allowed_elements=None, path: str = "",
+             search: PairSearch | None = None) -> Crystal | Reject:
     """The crystal if it passes every check (see the module docstring), else a `Reject`.
 
     The thresholds come from `config`, or when it is None from the keywords (min_distance Å,
-    required_targets, allowed_elements: atomic numbers or None for 1..118)."""
+    required_targets, allowed_elements: atomic numbers or None for 1..118). `search`: the
+    crystal's PairSearch when the caller needs neighbours too (one search serves both)."""
     if config is None:
         config = ValidationConfig(min_distance, None if allowed_elements is None else frozenset(allowed_elements),
                                   tuple(required_targets))
@@ -71,7 +73,7 @@ def validate(crystal: Crystal, config: ValidationConfig | None = None, *, min_di
         if reason:
             return Reject(crystal.id, crystal.source, reason, path)
     if config.min_distance > 0:
-        found = min_pair_distance(crystal, config.min_distance)
+        found = min_pair_distance(crystal, config.min_distance, search)
         if found is not None:
             i, j, d = found
             return Reject(crystal.id, crystal.source,
@@ -154,22 +156,17 @@ def _check_labels(c: Crystal, config: ValidationConfig, path: str) -> Crystal | 
     return c
 
 
-def min_pair_distance(crystal: Crystal, threshold: float) -> tuple[int, int, float] | None:
+def min_pair_distance(crystal: Crystal, threshold: float,
+                      search: PairSearch | None = None) -> tuple[int, int, float] | None:
     """The closest pair (i, j, distance Å) among pairs closer than `threshold`, periodic images
-    included (an atom and its own image count), or None if no pair is that close."""
-    from vesin import NeighborList
-
-
-    if crystal.n_atoms == 1 and not crystal.pbc.any():
+    included (an atom and its own image count), or None if no pair is that close. `search`: a
+    PairSearch of the crystal to reuse (its radius must reach `threshold`)."""
+    if search is None:
+        # vesin's cell list has cells of the cutoff's size: at 0.5 Å a 1000 Å^3 cell has 8000 of them
+        # (430 µs a mp2018 record); searching to 2 Å and filtering costs 110 µs (measured)
+        search = PairSearch(crystal, max(float(threshold), SEARCH_CUTOFF))
+    i, j, d = search.pairs(threshold)
+    if len(d) == 0:
         return None
-    box = search_box(crystal.cell, crystal.pbc, crystal.positions)
-    # vesin's cell list has cells of the cutoff's size: at 0.5 Å a 1000 Å^3 cell has 8000 of them
-    # (430 µs a mp2018 record); searching to 2 Å and filtering costs 110 µs (measured)
-    i, j, d = NeighborList(cutoff=max(float(threshold), SEARCH_CUTOFF), full_list=False).compute(
-        points=crystal.positions, box=box, periodic=crystal.pbc.tolist(), quantities="ijd")
-    close = np.flatnonzero(np.asarray(d) < threshold)
-    if len(close) == 0:
-        return None
-    i, j, d = np.asarray(i)[close], np.asarray(j)[close], np.asarray(d)[close]
     k = int(np.argmin(d))
     return int(i[k]), int(j[k]), float(d[k])

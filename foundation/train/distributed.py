@@ -92,14 +92,12 @@ def setup(device: str = "auto", timeout_s: int = 1800, local_rank_arg: int | Non
     fill_launcher_env(local_rank_arg)
     local_rank = int(os.environ["LOCAL_RANK"])
     dev, backend = _pick_device(device, local_rank)
-    import deepspeed
-
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(
-            dist_backend=backend,
-            auto_mpi_discovery=False,
-            timeout=datetime.timedelta(seconds=timeout_s),
-        )
+        # torch's own process group (env://, as every launcher sets it); DeepSpeed adopts it when
+        # its engine is built. Not deepspeed.init_distributed here: that imports DeepSpeed and
+        # builds its communication op (about 30 s on a fresh machine) before the data and labels
+        # are checked, so a wrong target would be reported only after it.
+        torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(
         rank=torch.distributed.get_rank(),
         local_rank=local_rank,

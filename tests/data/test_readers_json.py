@@ -422,3 +422,19 @@ def test_read_structures_single_files_and_databases(tmp_path):
     junk.write_text("nothing here")
     with pytest.raises(ValueError, match="junk.dat"):
         list(read_structures(junk))
+
+
+def test_a_file_nothing_can_read_is_a_reject_with_each_reader_s_reason(tmp_path):
+    from foundation.data.readers import read_any
+
+    junk, empty = tmp_path / "junk.cif", tmp_path / "empty.cif"
+    junk.write_text("junk here\nnot a cif\n")
+    empty.write_text("")
+    (reject,) = list(read_any(junk))
+    assert isinstance(reject, Reject) and reject.path == str(junk)
+    assert reject.reason.startswith("cannot read a structure (pymatgen: ") and "; ASE: " in reject.reason
+    assert "AssertionError: )" not in reject.reason and "StopIteration" not in reject.reason
+    assert list(read_any(empty))[0].reason == "cannot read a structure (the file is empty)"
+    assert list(read_any(tmp_path / "missing.cif"))[0].reason == "no such file or directory"
+    with pytest.raises(ValueError, match=r"junk\.cif: cannot read a structure \(pymatgen"):
+        list(read_structures(junk))

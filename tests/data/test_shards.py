@@ -270,3 +270,33 @@ def test_duplicates_within_one_source_on_request(tmp_path):
     grouped = write_shards(records, tmp_path / "grouped", dedup_within_source=True, group_by_prefix=True,
                            progress=False)
     assert [json.loads(line)["key"] for line in open(tmp_path / "grouped" / "duplicates.jsonl")] == ["db:b:1"]
+
+
+def test_one_neighbour_search_per_record_serves_validation_edges_and_fingerprint(tmp_path, monkeypatch):
+    """The shard writer searches each record's neighbours once (PairSearch), at the largest radius
+    that validation, the edge counts and the fingerprint need; the results equal separate searches."""
+    import foundation.data.graph as graph
+    from foundation.data import readers
+    from foundation.data.fingerprint import fingerprint, fingerprint_reach, pair_distances
+    from foundation.data.shards.prepare import prepare
+    from foundation.data.validate import ValidationConfig
+
+    records = [r for r in readers.read(OQMD, "oqmd")][:20]
+    calls = []
+    real = graph.NeighborList
+
+    class Counting(real):
+        def compute(self, *args, **kwargs):
+            calls.append(1)
+            return super().compute(*args, **kwargs)
+
+    monkeypatch.setattr(graph, "NeighborList", Counting)
+    prepared = [prepare(r, ValidationConfig(), (4.0, 5.0, 6.0), True) for r in records]
+    assert len(calls) == len(records)
+    monkeypatch.setattr(graph, "NeighborList", real)
+    for crystal, edges, fp, _ in prepared:
+        d = pair_distances(crystal, 6.0)
+        assert edges == [2 * int((d < c).sum()) for c in (4.0, 5.0, 6.0)]
+        reach = max(6.0, fingerprint_reach(crystal))
+        assert fp.curve.tolist() == pytest.approx(fingerprint(crystal, pair_distances(crystal, reach)).curve.tolist(),
+                                                  abs=1e-12)

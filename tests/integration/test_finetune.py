@@ -183,8 +183,9 @@ def test_early_stopping_stops_on_a_plateau_and_exports_the_best_step(pretrained,
 
 
 def test_a_target_the_data_lacks_or_non_binary_labels_stop_before_training(pretrained, cache, tmp_path, capsys):
-    with pytest.raises(ConfigError, match=r"tasks\[0\]\.target: .* no label 'bulk_modulus'; labels found .*band_gap"):
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.target: .* no label 'bulk_modulus'; labels found .*band_gap") as err:
         finetune(_config(pretrained, cache, tmp_path / "a", tasks=[{"target": "bulk_modulus"}]))
+    assert "band_gap (60)" in str(err.value)  # records carrying the label, not a sum of its values
     with pytest.raises(ConfigError, match=r"classification target needs labels 0 or 1; found band_gap="):
         finetune(_config(pretrained, cache, tmp_path / "b", tasks=[{"target": "band_gap", "kind": "classification"}]))
     assert not (tmp_path / "a" / "export").exists() and not (tmp_path / "b" / "checkpoints").exists()
@@ -192,3 +193,16 @@ def test_a_target_the_data_lacks_or_non_binary_labels_stop_before_training(pretr
         validate(_config(pretrained, cache, tmp_path / "c", tasks=[{"target": "band_gap", "datasets": ["mp"]}]))
     rc = cli_main(["--checkpoint", str(pretrained), "--data", str(DATA / "missing.json"), "--target", "band_gap"])
     assert rc == 2 and "data.path: no such file" in capsys.readouterr().err
+
+
+def test_a_wrong_target_is_reported_before_deepspeed_is_imported(cache, tmp_path):
+    """A fresh model from a model config alone (no checkpoint); the label check answers before
+    DeepSpeed is imported or its communication op built."""
+    code = ("import sys; from foundation.cli import main; "
+            f"rc = main(['finetune', '--model', {str(ROOT / 'configs/model/tiny.yaml')!r}, '--data', {str(MP)!r}, "
+            f"'--target', 'nope', '--run-dir', {str(tmp_path / 'run')!r}, 'cache_dir={cache}', 'data.limit=30', "
+            "'distributed.device=cpu']); "
+            "assert rc == 2 and 'deepspeed' not in sys.modules, (rc, sorted(m for m in sys.modules if 'deepspeed' in m))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no label 'nope'; labels found (records): " in proc.stderr and "band_gap (30)" in proc.stderr

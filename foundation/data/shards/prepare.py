@@ -1,6 +1,6 @@
 """Per-record work of `foundation shard` that needs no shared state, optionally in worker processes:
 validation, per-record edge counts at the manifest's cutoffs, and the duplicate fingerprint
-(one vesin neighbour search serves both)."""
+(one vesin neighbour search, `PairSearch`, serves all three)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from ..crystal import Crystal
-from ..fingerprint import Fingerprint, fingerprint, fingerprint_reach, pair_distances
+from ..fingerprint import Fingerprint, fingerprint, fingerprint_reach
+from ..graph import PairSearch
 from ..records import Reject
-from ..validate import ValidationConfig, validate
+from ..validate import SEARCH_CUTOFF, ValidationConfig, validate
 
 __all__ = ["prepare", "prepare_records"]
 
@@ -26,12 +27,15 @@ def prepare(item: Crystal | Reject, validation: ValidationConfig, edge_cutoffs: 
         return item
     if not isinstance(item, Crystal):
         raise TypeError(f"a reader must yield Crystal or Reject, got {type(item).__name__}")
-    checked = validate(item, validation)
+    edges_reach = max(edge_cutoffs, default=0.0)
+    search = PairSearch(item, lambda: max(SEARCH_CUTOFF, validation.min_distance, edges_reach,
+                                         fingerprint_reach(item) if dedup else 0.0))
+    checked = validate(item, validation, search=search)
     if isinstance(checked, Reject):
         return checked
     dropped = sorted(set(item.targets) - set(checked.targets))
-    reach = max(max(edge_cutoffs, default=0.0), fingerprint_reach(checked) if dedup else 0.0)
-    distances = pair_distances(checked, reach) if reach > 0 else np.zeros(0)
+    reach = max(edges_reach, fingerprint_reach(checked) if dedup else 0.0)
+    distances = search.pairs(reach)[2] if reach > 0 else np.zeros(0)
     # each unordered pair (and atom-image pair) is listed once; the graph lists both directions
     edges = [2 * int(np.count_nonzero(distances < c)) for c in edge_cutoffs]
     fp = fingerprint(checked, distances) if dedup else None

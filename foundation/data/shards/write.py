@@ -21,11 +21,12 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import webdataset as wds
 from tqdm import tqdm
 from webdataset.tariterators import tarfile_samples
 
@@ -38,7 +39,7 @@ from .format import FORMAT, SPLITS, VERSION, decode_record, encode_record, read_
 from .prepare import prepare_records
 from .statistics import LabelAccumulator, dataset_statistics, summarize
 
-__all__ = ["SplitRule", "write_shards", "read_manifest", "dataset_statistics", "sha256_file", "DEFAULT_EDGE_CUTOFFS"]
+__all__ = ["SplitRule", "ShardOptions", "write_shards", "read_manifest", "dataset_statistics", "sha256_file", "DEFAULT_EDGE_CUTOFFS"]
 
 DEFAULT_EDGE_CUTOFFS = (4.0, 5.0, 6.0)  # Å: per-record edge counts for max_edges packing
 
@@ -94,8 +95,6 @@ class _SplitWriter:
         self.count = 0
 
     def write(self, crystal: Crystal, edges: list[int]) -> None:
-        import webdataset as wds
-
         sample = encode_record(crystal, f"{self.count:09d}")
         nbytes = sum(512 + -(-len(v) // 512) * 512 for k, v in sample.items() if k != "__key__")
         cur = self.shards[-1] if self.shards else None
@@ -131,98 +130,135 @@ class _SplitWriter:
         return self.shards
 
 
-def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, *, shard_size: int = 1000,
-                 fractions: tuple[float, float, float] = (0.9, 0.05, 0.05), seed: int = 0,
-                 group_by_prefix: bool = False, required_targets: tuple[str, ...] = (),
-                 min_distance: float = 0.5, allowed_elements=None, shard_mb: float | None = None,
-                 split: SplitRule | None = None, validation: ValidationConfig | None = None,
-                 edge_cutoffs: tuple[float, ...] = DEFAULT_EDGE_CUTOFFS, dedup: bool = True,
-                 dedup_against: tuple[str, ...] = (), drop_duplicates: bool = False,
-                 dedup_within_source: bool = False, workers: int = 1, write_shuffle: int = 10000, reader: dict[str, Any] | None = None,
-                 sources: tuple[str, ...] = (), overwrite: bool = False, progress: bool = True) -> dict:
+@dataclass(frozen=True)
+class ShardOptions:
+    """How `write_shards` splits, validates, deduplicates and writes (the manifest records it)."""
+
+    split: SplitRule = field(default_factory=SplitRule)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    shard_size: int = 1000  # records per shard
+    shard_mb: float | None = None  # megabytes per shard (whichever limit comes first)
+    edge_cutoffs: tuple[float, ...] = DEFAULT_EDGE_CUTOFFS  # Å: per-record edge counts for max_edges packing
+    dedup: bool = True
+    dedup_against: tuple[str, ...] = ()  # other shard directories
+    drop_duplicates: bool = False  # reject duplicates instead of only listing them
+    # also compare records of one source with each other (except those of one group with
+    # group_by_prefix): mp2018 has 240 such duplicates, found in ~36 s more on the 2-core CPU;
+    # leave it off for MD or relaxation frames, which are near-duplicates by nature
+    dedup_within_source: bool = False
+    workers: int = 1  # processes validating and measuring records
+    # records held and written in a seeded random order, so consecutive input records (frames of
+    # one trajectory) spread over a shard
+    write_shuffle: int = 10000
+    reader: dict[str, Any] = field(default_factory=dict)  # {"format", options}: into the manifest
+    sources: tuple[str, ...] = ()  # input files, hashed into the manifest
+    overwrite: bool = False
+    progress: bool = True
+
+    @classmethod
+    def build(cls, *, fractions: tuple[float, float, float] = (0.9, 0.05, 0.05), seed: int = 0,
+              group_by_prefix: bool = False, required_targets: tuple[str, ...] = (), min_distance: float = 0.5,
+              allowed_elements=None, split: SplitRule | None = None, validation: ValidationConfig | None = None,
+              reader: dict[str, Any] | None = None, **rest) -> "ShardOptions":
+        """Options from keywords: the split from `fractions`/`seed`/`group_by_prefix` unless a whole
+        `split` is given, validation from `required_targets`/`min_distance`/`allowed_elements`
+        unless a whole `validation` is given."""
+        if split is None:
+            split = SplitRule(tuple(fractions), seed, group_by_prefix)
+        if validation is None:
+            elements = None if allowed_elements is None else frozenset(allowed_elements)
+            validation = ValidationConfig(min_distance, elements, tuple(required_targets))
+        return cls(split=split, validation=validation, reader=dict(reader or {}), **rest)
+
+
+class _Run:
+    """One `write_shards` call: the split writers, the duplicate index, the label statistics of the
+    train split and the counts, fed one prepared record at a time."""
+
+    def __init__(self, out: Path, opts: ShardOptions, rejects):
+        self.out, self.opts, self.rejects = out, opts, rejects
+        shard_bytes = None if opts.shard_mb is None else int(opts.shard_mb * 1e6)
+        self.writers = {s: _SplitWriter(out, s, opts.shard_size, shard_bytes) for s in SPLITS}
+        self.index, self.origin = _reference_index(opts.dedup_against) if opts.dedup else (None, {})
+        self.stats, self.elements, self.dropped_labels, self.counts = LabelAccumulator(), Counter(), Counter(), Counter()
+        self.duplicates: list[dict[str, Any]] = []
+        self.rng = random.Random(opts.split.seed)
+        self.buffer: list[tuple[str, Crystal, list[int]]] = []
+        self.split_of: dict[str, str] = {}
+
+    def _reject(self, reject: Reject) -> None:
+        self.rejects.write(json.dumps(reject.to_json()) + "\n")
+        self.counts["rejected"] += 1
+
+    def _is_dropped_duplicate(self, crystal: Crystal, fp, name: str) -> bool:
+        """Look `crystal` up among the records seen (and the reference shards); record a hit."""
+        split = self.opts.split
+        # by default one database's records are not compared with each other (distinct ids;
+        # MD frames would cost a StructureMatcher call per pair of frames): other sources only
+        if self.opts.dedup_within_source:
+            group = split.group(crystal) if split.group_by_prefix else ""
+        else:
+            group = crystal.source
+        hit = self.index.find(crystal, fp, group)
+        if hit is None:
+            self.index.add(crystal.key, crystal, fp, group)
+            self.split_of[crystal.key] = name
+            return False
+        where = self.origin.get(hit, "input")
+        self.duplicates.append({"key": crystal.key, "duplicate_of": hit, "where": where, "split": name,
+                                "split_of_original": self.split_of.get(hit, "")})
+        self.counts["duplicates_within_input" if where == "input" else f"duplicates_against:{where}"] += 1
+        if self.opts.drop_duplicates:
+            self._reject(Reject(crystal.id, crystal.source, f"duplicate structure of {hit} ({where})"))
+        return self.opts.drop_duplicates
+
+    def add(self, item) -> None:
+        self.counts["read"] += 1
+        if isinstance(item, Reject):
+            self._reject(item)
+            return
+        crystal, edges, fp, dropped = item
+        self.dropped_labels.update(dropped)
+        name = self.opts.split.assign(crystal)
+        if self.index is not None and self._is_dropped_duplicate(crystal, fp, name):
+            return
+        self.buffer.append((name, crystal, edges))
+        self.counts["written"] += 1
+        self.flush(self.opts.write_shuffle)
+
+    def flush(self, keep: int) -> None:
+        while len(self.buffer) > keep:
+            k = self.rng.randrange(len(self.buffer))
+            self.buffer[k], self.buffer[-1] = self.buffer[-1], self.buffer[k]
+            name, crystal, edges = self.buffer.pop()
+            self.writers[name].write(crystal, edges)
+            if name == "train":
+                self.stats.add(crystal)
+                self.elements.update(crystal.numbers.tolist())
+
+
+def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, options: ShardOptions | None = None,
+                 **keywords) -> dict:
     """Validate, split, deduplicate and write `records` under `out_dir`; returns the manifest.
 
-    Split: `fractions` (train, val, test), hash `seed`, `group_by_prefix` (or a whole `split`
-    SplitRule). Validation: `required_targets`, `min_distance` Å, `allowed_elements` (or a whole
-    `validation` ValidationConfig). `write_shuffle` records are held and written in a seeded
-    random order, so consecutive input records (frames of one trajectory) spread over a shard.
-    `reader` ({"format", options}) and `sources` (input files, hashed) go into the manifest.
-    `dedup_within_source` also compares records of one source with each other (except those of
-    one group with `group_by_prefix`): mp2018 has 240 such duplicates, found in ~36 s more on the
-    2-core CPU; leave it off for MD or relaxation frames, which are near-duplicates by nature.
-    """
-    if split is None:
-        split = SplitRule(tuple(fractions), seed, group_by_prefix)
-    if validation is None:
-        validation = ValidationConfig(min_distance, None if allowed_elements is None else frozenset(allowed_elements),
-                                      tuple(required_targets))
-    out = _prepare_out_dir(Path(out_dir), overwrite)
-    shard_bytes = None if shard_mb is None else int(shard_mb * 1e6)
-    writers = {s: _SplitWriter(out, s, shard_size, shard_bytes) for s in SPLITS}
-    index, origin = _reference_index(dedup_against) if dedup else (None, {})
-    stats, elements, dropped_labels = LabelAccumulator(), Counter(), Counter()
-    counts = Counter()
-    duplicates: list[dict[str, Any]] = []
-    rng = random.Random(split.seed)
-    buffer: list[tuple[str, Crystal, list[int]]] = []
-    split_of: dict[str, str] = {}
-
-    def flush(keep: int) -> None:
-        while len(buffer) > keep:
-            k = rng.randrange(len(buffer))
-            buffer[k], buffer[-1] = buffer[-1], buffer[k]
-            name, crystal, edges = buffer.pop()
-            writers[name].write(crystal, edges)
-            if name == "train":
-                stats.add(crystal)
-                elements.update(crystal.numbers.tolist())
-
+    `options`: a ShardOptions, or its fields as keywords (`ShardOptions.build`: fractions, seed,
+    group_by_prefix, required_targets, min_distance, allowed_elements, shard_size, dedup, ...)."""
+    opts = options if options is not None else ShardOptions.build(**keywords)
+    out = _prepare_out_dir(Path(out_dir), opts.overwrite)
     with open(out / "rejects.jsonl", "w") as rejects, tqdm(desc=f"shard {out.name}", unit=" rec",
-                                                             disable=not progress) as bar:
-        for item in prepare_records(records, validation, edge_cutoffs, dedup, workers):
-            counts["read"] += 1
+                                                             disable=not opts.progress) as bar:
+        run = _Run(out, opts, rejects)
+        for item in prepare_records(records, opts.validation, opts.edge_cutoffs, opts.dedup, opts.workers):
+            run.add(item)
             bar.update(1)
-            if isinstance(item, Reject):
-                rejects.write(json.dumps(item.to_json()) + "\n")
-                counts["rejected"] += 1
-                continue
-            crystal, edges, fp, dropped = item
-            dropped_labels.update(dropped)
-            name = split.assign(crystal)
-            if index is not None:
-                # by default one database's records are not compared with each other (distinct ids;
-                # MD frames would cost a StructureMatcher call per pair of frames): other sources only
-                if dedup_within_source:
-                    group = split.group(crystal) if split.group_by_prefix else ""
-                else:
-                    group = crystal.source
-                hit = index.find(crystal, fp, group)
-                if hit is not None:
-                    where = origin.get(hit, "input")
-                    duplicates.append({"key": crystal.key, "duplicate_of": hit, "where": where, "split": name,
-                                       "split_of_original": split_of.get(hit, "")})
-                    counts["duplicates_within_input" if where == "input" else f"duplicates_against:{where}"] += 1
-                    if drop_duplicates:
-                        rejects.write(json.dumps(Reject(crystal.id, crystal.source,
-                                                        f"duplicate structure of {hit} ({where})").to_json()) + "\n")
-                        counts["rejected"] += 1
-                        continue
-                else:
-                    index.add(crystal.key, crystal, fp, group)
-                    split_of[crystal.key] = name
-            buffer.append((name, crystal, edges))
-            counts["written"] += 1
-            flush(write_shuffle)
-        flush(0)
+        run.flush(0)
+    counts = run.counts
     if counts["read"] != counts["written"] + counts["rejected"]:
         raise AssertionError(f"record count mismatch: read {counts['read']} != written {counts['written']} "
                              f"+ rejected {counts['rejected']}")
-    shards = {s: w.close() for s, w in writers.items()}
-    manifest = _manifest(out, shards, writers, counts, duplicates, stats, elements, dropped_labels, split,
-                         validation, edge_cutoffs, dedup, drop_duplicates, dedup_against, reader, sources,
-                         dedup_within_source)
+    manifest = _manifest(out, run, {s: w.close() for s, w in run.writers.items()})
     with open(out / "duplicates.jsonl", "w") as f:
-        f.writelines(json.dumps(d) + "\n" for d in duplicates)
+        f.writelines(json.dumps(d) + "\n" for d in run.duplicates)
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / "manifest.json")  # the manifest appears last: its presence means complete
@@ -253,40 +289,40 @@ def _reference_index(dirs: tuple[str, ...]):
     return index, origin
 
 
-def _manifest(out, shards, writers, counts, duplicates, stats, elements, dropped_labels, split, validation,
-              edge_cutoffs, dedup, drop_duplicates, dedup_against, reader, sources,
-              dedup_within_source=False) -> dict[str, Any]:
+def _manifest(out: Path, run: _Run, shards: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    opts, counts, duplicates = run.opts, run.counts, run.duplicates
+    edge_cutoffs, validation = opts.edge_cutoffs, opts.validation
     arrays = {}
-    for w in writers.values():
+    for w in run.writers.values():
         for name, s in w.sizes.items():
             arrays[f"{name}/n_atoms"] = np.asarray(s["n_atoms"], dtype=np.int32)
             arrays[f"{name}/n_edges"] = np.asarray(s["n_edges"], dtype=np.int64).reshape(-1, len(edge_cutoffs))
     np.savez(out / "sizes.npz", **arrays)
-    state = stats.state()
+    state = run.stats.state()
     summary = summarize(state) if state["moments"] else {"targets": {}, "element_references": {}, "residuals": {}}
     dup_counts = {"within_input": counts["duplicates_within_input"],
-                  "against": {d: counts[f"duplicates_against:{d}"] for d in map(str, dedup_against)},
+                  "against": {d: counts[f"duplicates_against:{d}"] for d in map(str, opts.dedup_against)},
                   "across_splits": sum(1 for d in duplicates if d["split_of_original"] not in ("", d["split"])),
-                  "dropped": drop_duplicates, "checked": dedup, "within_source": dedup_within_source,
+                  "dropped": opts.drop_duplicates, "checked": opts.dedup, "within_source": opts.dedup_within_source,
                   "list": "duplicates.jsonl"}
     return {
         "format": FORMAT, "version": VERSION, "created_by": f"foundation {__version__}",
-        "reader": reader or {},
-        "sources": [_describe_source(p) for p in sources],
+        "reader": opts.reader,
+        "sources": [_describe_source(p) for p in opts.sources],
         "counts": {"read": counts["read"], "written": counts["written"], "rejected": counts["rejected"],
                    "duplicates": dup_counts,
                    "splits": {s: {"records": sum(e["records"] for e in shards[s]),
                                   "atoms": sum(e["atoms"] for e in shards[s]), "shards": len(shards[s])}
                               for s in SPLITS},
-                   "dropped_labels": dict(dropped_labels)},
-        "split_rule": split.to_json(),
+                   "dropped_labels": dict(run.dropped_labels)},
+        "split_rule": opts.split.to_json(),
         "validation": {**asdict(validation), "allowed_elements": None if validation.allowed_elements is None
                        else sorted(validation.allowed_elements)},
         "shards": shards,
         "sizes": {"file": "sizes.npz", "sha256": sha256_file(out / "sizes.npz"), "edge_cutoffs": list(edge_cutoffs),
                   "n_edges": "full neighbour list (both directions), periodic images included"},
         "statistics_split": "train",
-        "elements": {str(z): n for z, n in sorted(elements.items())},
+        "elements": {str(z): n for z, n in sorted(run.elements.items())},
         **summary,
         "label_sums": state,
         "rejects": "rejects.jsonl",
