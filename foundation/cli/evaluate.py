@@ -55,7 +55,7 @@ def parse_args(argv: list[str], command: str = "evaluate") -> argparse.Namespace
 
 
 def _template(args: argparse.Namespace) -> RunConfig:
-    """The fold FinetuneConfig template, as `foundation finetune --config C --data FILE [k=v ...]`
+    """The fold RunConfig template, as `foundation finetune --config C --data FILE [k=v ...]`
     builds it (no config: one task for --target, 20 epochs unless the overrides set a budget)."""
     flags = dict(config=args.config, checkpoint=args.checkpoint, model=None, freeze=None, lr_decay=None, keep_heads=None,
                  run_dir=None, data=args.data, format=args.format, task_name=None, kind=None,

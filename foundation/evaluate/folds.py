@@ -13,7 +13,7 @@ label are predicted but not scored (`missing_label`).
 
 MatBench protocol (`--folds 5`): the labelled records, in file order, are split by
 `sklearn.model_selection.KFold(5, shuffle=True, random_state=18012019)` as MatBench does. For
-fold k the four other folds are fine-tuned on (`foundation.train.finetune.finetune` with a
+fold k the four other folds are fine-tuned on (`foundation.train.run.run` with a
 `FoldSplit`), a seeded 10% of them held out for early stopping; the fine-tune computes its
 normalisation from its own train split, so nothing of the test fold leaks into it. Its export then
 predicts fold k. The report gives each fold's metrics, the mean ± std of MAE over folds and the
@@ -121,7 +121,7 @@ def evaluate_folds(checkpoint: str | Path, data: LabelledData, out: str | Path, 
                    random_state: int = MATBENCH_RANDOM_STATE, val_fraction: float = 0.1, limit: int | None = None,
                    batch_size: int = 64, device: str = "cpu") -> dict[str, Any]:
     """The MatBench protocol: for each fold k, fine-tune `checkpoint` with the `template`
-    FinetuneConfig (`fold_config`, run dir `out/fold{k}`) on the other folds, then predict fold k
+    RunConfig (`fold_config`, run dir `out/fold{k}`) on the other folds, then predict fold k
     with the fine-tuned export. `limit` must be the one `data` was read with (the fine-tunes read
     the same records). Writes `out/report.json` (per-fold and pooled out-of-fold metrics, mean ±
     std over folds), `out/predictions.csv` (out-of-fold, with the fold) and the pooled

@@ -154,6 +154,8 @@ def _finish(res: Resolved, trainer: Trainer, training: dict[str, Any], evaluated
             summary = _summary(res, training, stopper, best_step, final, dirs, counts)
             if cfg.export:
                 save_export(model, run_dir / "export", extra=_export_extra(res, trainer, summary, final, dirs))
+                log.info("export (%s weights of step %d) written to %s", "EMA" if trainer.ema is not None and
+                         cfg.eval.use_ema else "trained", best_step, run_dir / "export")
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
             if final is not None:
                 log.info("%s: exported the weights of step %d (%s) of %d steps%s to %s; their metrics:\n%s",

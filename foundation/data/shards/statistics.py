@@ -182,8 +182,8 @@ def residual_statistics(entry: dict[str, Any], refs: dict[int, float]) -> dict[s
 
 
 def dataset_statistics(manifests, tasks=None) -> tuple[dict[str, tuple[float, float]], dict[str, dict[int, float]]]:
-    """(normalization {key: (mean, std)}, element_refs {key: {Z: ref}}) in the form
-    `FoundationModel(..., normalization, element_refs)` and `MultiTaskLoss` take.
+    """(normalization {key: (mean, std)}, element_refs {key: {Z: ref}}): the numbers that
+    `foundation.train.normalization.task_statistics` turns into each task's `TaskStats`.
 
     `manifests`: {dataset name: manifest dict or shard directory} (or a list of them). The train
     splits' label sums are combined exactly. Without `tasks` the keys are target names; with
