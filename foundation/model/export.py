@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from .._version import __version__
 from ..config import ConfigError, from_dict, to_dict
@@ -54,7 +56,6 @@ def _head_metadata(model: FoundationModel) -> tuple[dict, dict]:
 
 def save_export(model: FoundationModel, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `directory/model.safetensors` and `directory/config.json`; returns the directory."""
-    from safetensors.torch import save_file
 
 
     directory = Path(directory)
@@ -176,8 +177,6 @@ def load_export(directory: str | Path, map_location: str | torch.device = "cpu")
     eval mode. `directory` may be any path form of `resolve_export`. Raises ExportError naming the
     problem (foreign file or directory, other format version, corrupt file, tensors that do not
     fit the config)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     directory = resolve_export(directory)
     meta = _read_config(directory)

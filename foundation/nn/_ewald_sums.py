@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from scipy import constants
+from vesin import NeighborList
 
 __all__ = ["COULOMB", "EwaldPlan", "make_plan", "ewald_potential"]
 
@@ -105,8 +106,6 @@ def _slab_frame(cell: np.ndarray, open_axis: int):
 
 
 def _real_pairs(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_cut: float):
-    from vesin import NeighborList
-
     i, j, shift = NeighborList(cutoff=r_cut, full_list=True).compute(
         points=pos, box=cell, periodic=pbc.tolist(), quantities="ijS"
     )

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from webdataset.gopen import gopen
 
 from ..crystal import Crystal
 
@@ -106,8 +107,6 @@ def open_url(url: str):
     """A binary stream for a local path, file://, http(s):// (curl), s3 (via pipe:) and pipe: URLs."""
     if not is_url(url):
         return open(url, "rb")
-    from webdataset.gopen import gopen
-
     return gopen(url, "rb")
 
 

@@ -5,6 +5,7 @@ validation, per-record edge counts at the manifest's cutoffs, and the duplicate 
 from __future__ import annotations
 
 import itertools
+import multiprocessing as mp
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -55,8 +56,6 @@ def prepare_records(records: Iterable[Crystal | Reject], validation: ValidationC
         for item in records:
             yield prepare(item, validation, edge_cutoffs, dedup)
         return
-    import multiprocessing as mp
-
     iterator = iter(records)
     chunks = iter(lambda: list(itertools.islice(iterator, chunk)), [])
     with mp.get_context("fork").Pool(workers) as pool:

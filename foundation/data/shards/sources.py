@@ -14,6 +14,7 @@ import posixpath
 from pathlib import Path
 
 import numpy as np
+from webdataset.tariterators import tarfile_samples
 
 from .packing import SourceSizes
 from .format import decode_record, read_manifest, read_sizes, shard_location
@@ -97,8 +98,6 @@ def _manifest_next_to(url: str) -> dict | None:
 
 def scan_shard(url: str) -> np.ndarray:
     """[n_records] atoms of each record of one shard, by reading it (no manifest)."""
-    from webdataset.tariterators import tarfile_samples
-
     sizes = []
     try:
         for sample in tarfile_samples([{"url": url}]):

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from webdataset.tariterators import tarfile_samples
 
 from ..graph import collate, neighbor_graph
 from .packing import EpochPlan, SourceSizes, plan_epoch, worker_batches
@@ -77,8 +78,6 @@ class _ShardReader:
     """Records of one shard in file order; `get(r)` decodes record r (requests increase)."""
 
     def __init__(self, url: str, expected: int):
-        from webdataset.tariterators import tarfile_samples
-
         self.url, self.expected = url, expected
         self._samples = tarfile_samples([{"url": url}])
         self._index = -1  # index of the last sample drawn
