@@ -34,7 +34,7 @@ from .data.graph import Batch, collate, neighbor_graph
 from .data.records import Reject
 from .data.validate import validate
 from .model import FoundationModel, TaskSpec, load_export
-from .model.encoder import Encoder
+
 from tqdm.auto import tqdm
 
 __all__ = ["Predictor", "Embedder", "load_model", "load_encoder", "predict", "embed", "as_crystals", "model_input"]
@@ -193,7 +193,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
 class Embedder:
     """A checkpoint's encoder alone, in eval mode, for frozen features."""
 
-    encoder: Encoder
+    encoder: torch.nn.Module  # any encoder of foundation.model (ours or a baseline)
     device: torch.device
 
     @property

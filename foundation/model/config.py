@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from e3nn import o3
@@ -37,6 +38,13 @@ def building_dtype(dtype: torch.dtype | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # "equivariant": ours (e3nn tensor-product blocks, below); the baselines, sharing data, heads,
+    # loss, loop and exports: "cgcnn" (Xie and Grossman 2018), "schnet" (Schütt et al. 2018),
+    # "composition" (element fractions only, no structure). They use cutoff, n_basis (Gaussians),
+    # n_layers, width, max_neighbors, head_hidden and max_atomic_number.
+    encoder: Literal["equivariant", "cgcnn", "schnet", "composition"] = "equivariant"
+    width: int = 64  # atom feature width of the baseline encoders
+    max_neighbors: int = 0  # baselines: the nearest k neighbours within the cutoff (CGCNN: 12); 0 = all
     cutoff: float = 5.0  # Å, neighbour-list radius; build graphs with the same value
     n_basis: int = 8  # radial Bessel functions
     cutoff_p: int = 6  # polynomial envelope exponent (u, u', u'' vanish at the cutoff)
@@ -56,11 +64,13 @@ class ModelConfig:
             "cutoff": self.cutoff, "n_basis": self.n_basis, "n_layers": self.n_layers,
             "avg_num_neighbors": self.avg_num_neighbors, "ewald_hidden": self.ewald_hidden,
             "ewald_accuracy": self.ewald_accuracy, "head_hidden": self.head_hidden,
-            "max_atomic_number": self.max_atomic_number,
+            "max_atomic_number": self.max_atomic_number, "width": self.width,
         }
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        if self.max_neighbors < 0:
+            raise ValueError(f"max_neighbors must be >= 0 (0 keeps all), got {self.max_neighbors}")
         if self.cutoff_p < 2:
             raise ValueError(f"cutoff_p must be >= 2, got {self.cutoff_p}")
         if self.lmax < 0:
@@ -86,6 +96,11 @@ class ModelConfig:
     def n_scalars(self) -> int:
         """Number of 0e channels of the hidden features: the invariant feature width F."""
         return sum(mul for mul, ir in o3.Irreps(self.hidden_irreps) if ir == o3.Irrep("0e"))
+
+    @property
+    def n_features(self) -> int:
+        """F: the per-atom invariant features the heads read (n_scalars, or width for a baseline)."""
+        return self.n_scalars if self.encoder == "equivariant" else self.width
 
     @property
     def n_species(self) -> int:

@@ -18,7 +18,7 @@ from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps, r
 from ..nn.radial import RadialEmbedding
 from .config import ModelConfig, building_dtype
 
-__all__ = ["Encoder", "edge_vectors", "mean_pool"]
+__all__ = ["Encoder", "edge_vectors", "mean_pool", "nearest_edges", "gaussian_basis", "check_species"]
 
 
 def edge_vectors(batch: Batch, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,6 +35,34 @@ def mean_pool(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch
     total = values.new_zeros((n_graphs,) + values.shape[1:]).index_add_(0, batch, values)
     count = values.new_zeros(n_graphs).index_add_(0, batch, values.new_ones(values.shape[0]))
     return total / count.clamp(min=1).reshape((n_graphs,) + (1,) * (values.dim() - 1))
+
+
+def nearest_edges(receiver: torch.Tensor, length: torch.Tensor, k: int) -> torch.Tensor:
+    """[n_edges] bool: the `k` shortest edges of every receiving atom (all when k = 0); ties
+    are broken by edge order, so the choice is deterministic."""
+    if k <= 0 or length.numel() == 0:
+        return torch.ones_like(receiver, dtype=torch.bool)
+    order = torch.argsort(length.detach(), stable=True)
+    order = order[torch.argsort(receiver.index_select(0, order), stable=True)]  # by receiver, then length
+    sorted_receiver = receiver.index_select(0, order)
+    first = torch.searchsorted(sorted_receiver, sorted_receiver, right=False)  # start of each receiver's run
+    rank = torch.arange(order.numel(), device=order.device) - first
+    keep = torch.zeros_like(receiver, dtype=torch.bool)
+    keep[order] = rank < k
+    return keep
+
+
+def gaussian_basis(length: torch.Tensor, n: int, cutoff: float) -> torch.Tensor:
+    """exp(−(d − μ_k)² / σ²) on n centres μ_k evenly from 0 to `cutoff`, σ their spacing (CGCNN,
+    SchNet): [n_edges] Å -> [n_edges, n]."""
+    centres = torch.linspace(0.0, cutoff, n, device=length.device, dtype=length.dtype)  # [n] Å
+    spacing = cutoff / max(n - 1, 1)
+    return torch.exp(-((length.unsqueeze(-1) - centres) ** 2) / spacing**2)
+
+
+def check_species(numbers: torch.Tensor, config: ModelConfig) -> None:
+    if numbers.numel() and int(numbers.max()) > config.max_atomic_number:
+        raise ValueError(f"atomic number {int(numbers.max())} > max_atomic_number {config.max_atomic_number}")
 
 
 class Encoder(nn.Module):
@@ -91,10 +119,7 @@ class Encoder(nn.Module):
 
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         numbers = batch.numbers
-        if numbers.numel() and int(numbers.max()) > self.config.max_atomic_number:
-            raise ValueError(
-                f"atomic number {int(numbers.max())} > max_atomic_number {self.config.max_atomic_number}"
-            )
+        check_species(numbers, self.config)
         pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
         n_graphs = batch.n_graphs
         vec = edge_vectors(batch, pos)  # [n_edges, 3] Å

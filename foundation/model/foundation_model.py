@@ -24,11 +24,30 @@ from torch import nn
 
 from ..data.graph import Batch
 from .config import ModelConfig
+from .cgcnn import CGCNNEncoder
+from .composition import CompositionEncoder
 from .encoder import Encoder
 from .heads import TaskHead, forces_from_energy
+from .schnet import SchNetEncoder
 from .tasks import TaskSpec, TaskStats
 
-__all__ = ["FoundationModel"]
+__all__ = ["FoundationModel", "build_encoder"]
+
+
+def build_encoder(config: ModelConfig, dtype: torch.dtype | None = None) -> nn.Module:
+    """The encoder `config.encoder` names. Every one returns {"node_invariants": [n_atoms, F],
+    "graph_features": [n_graphs, F], ...} with F = `n_invariants`, takes (batch, positions=None)
+    and names its layers `embedding` and `blocks.k` (freezing and layer-wise lr read them)."""
+    match config.encoder:
+        case "equivariant":
+            return Encoder(config, dtype)
+        case "cgcnn":
+            return CGCNNEncoder(config, dtype)
+        case "schnet":
+            return SchNetEncoder(config, dtype)
+        case "composition":
+            return CompositionEncoder(config, dtype)
+    raise ValueError(f"unknown encoder {config.encoder!r} (equivariant, cgcnn, schnet, composition)")
 
 
 class FoundationModel(nn.Module):
@@ -61,7 +80,7 @@ class FoundationModel(nn.Module):
     ):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config, dtype)
+        self.encoder = build_encoder(config, dtype)
         self.heads = nn.ModuleDict()
         self.tasks: dict[str, TaskSpec] = {}
         stats = dict(stats or {})

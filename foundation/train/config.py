@@ -7,6 +7,7 @@ raises there with the dotted field name, before any process group starts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,7 +23,23 @@ __all__ = [
     "LogConfig",
     "EarlyStoppingConfig",
     "DatasetConfig",
+    "parse_duration",
 ]
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Seconds from a number (seconds) or a string of numbers with units: "600", "10m", "1h30m", "90s"."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d*)?)([hms]?)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise ValueError(f"a duration is seconds or e.g. '10m', '1h30m', '90s'; got {value!r}")
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
+    if not seconds > 0:
+        raise ValueError(f"a duration must be > 0 seconds, got {value!r}")
+    return seconds
 
 
 def _require(ok: bool, message: str) -> None:

@@ -74,12 +74,13 @@ class BatchStream(Protocol):
 
 @dataclass(frozen=True)
 class LoopSettings:
-    max_steps: int
+    max_steps: int | None  # None: the wall-clock budget alone
     optimizer: OptimizerConfig
     schedule: ScheduleConfig
     eval: EvalConfig
     checkpoint: CheckpointConfig
     log: LogConfig
+    max_time: float | None = None  # seconds of the loop's wall clock (training, evaluation, checkpoints)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class TrainState:
     skipped: int = 0  # micro-batches skipped for a non-finite loss
     atoms: int = 0  # atoms trained on, all ranks
     train_s: float = 0.0  # seconds in training micro-steps (excludes eval and checkpoints)
+    wall_s: float = 0.0  # seconds of the loop's wall clock, all ranks agreeing (the max_time budget)
     skipped_at: list[int] = field(default_factory=list)  # optimiser step during which each skip happened
 
 
@@ -121,6 +123,7 @@ class Trainer:
         self.units = {t.name: t.unit for t in tasks}
         self._logs: dict[str, list[float]] = defaultdict(list)
         self.last_metrics: dict[str, Any] = {}
+        self.stopped_by: str | None = None  # "max_steps" | "max_time" | "early_stopping"
         self.initial_metrics: dict[str, Any] = {}
 
     # -- one micro-step -------------------------------------------------------------------
@@ -133,6 +136,9 @@ class Trainer:
         local = torch.tensor([0.0 if finite else 1.0, float(loss.detach()) if finite else 0.0,
                               float(batch.n_atoms.sum())], dtype=torch.float64)
         red = all_reduce(local, self.info).cpu()
+        if self.s.max_time is not None:  # every rank takes the slowest rank's clock
+            clock = torch.tensor([self._wall0 + time.perf_counter() - self._start], dtype=torch.float64)
+            self.state.wall_s = float(all_reduce(clock, self.info, op="max").cpu()[0])
         self.state.micro += 1
         self.state.atoms += int(red[2])
         if red[0] > 0:
@@ -149,7 +155,8 @@ class Trainer:
         boundary = self.engine.is_gradient_accumulation_boundary()
         self.engine.backward(loss)
         if boundary:
-            lr = learning_rate(self.state.step, self.s.optimizer.lr, self.s.max_steps, self.s.schedule)
+            used = self.state.wall_s / self.s.max_time if self.s.max_time else 0.0
+            lr = learning_rate(self.state.step, self.s.optimizer.lr, self.s.max_steps, self.s.schedule, used)
             for group in self.engine.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # layer-wise decay (engine.param_groups)
         self.engine.step()
@@ -215,41 +222,53 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train to `max_steps`; evaluate and checkpoint on schedule and at the end."""
+        """Train until a budget is spent (`max_steps`, `max_time`) or `on_eval` says stop; evaluate and
+        checkpoint on schedule and at the end."""
         with logging_redirect_tqdm():  # log lines (evaluations, skips) print above the bar
             return self._run(tqdm)
+
+    def _spent(self) -> str | None:
+        """Which budget is used up ("max_steps", "max_time"), or None; every rank agrees."""
+        if self.s.max_steps is not None and self.state.step >= self.s.max_steps:
+            return "max_steps"
+        if self.s.max_time is not None and self.state.wall_s >= self.s.max_time:
+            return "max_time"
+        return None
 
     def _run(self, tqdm) -> dict[str, Any]:
         bar = tqdm(total=self.s.max_steps, initial=self.state.step, desc=self.desc, unit="step",
                    disable=not (self.info.is_main and self.s.log.progress), dynamic_ncols=True)
+        self._start, self._wall0 = time.perf_counter(), self.state.wall_s
         # A run resumed at its last step still evaluates (its metrics were not kept) but does
         # not rewrite the checkpoint it came from.
         last_eval, last_ckpt = -1, self.state.step
         if self.s.eval.at_start and self.state.step == 0:
             self.initial_metrics = self.evaluate()
-        while self.state.step < self.s.max_steps:
+        while not self._spent():
             stepped, loss = self._micro_step()
             if not stepped:
                 continue
             self.state.step += 1
             self._update_ema()
-            step = self.state.step
+            step, last = self.state.step, self._spent() is not None
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}", atoms_s=f"{self.state.atoms / max(self.state.train_s, 1e-9):.0f}",
                             skipped=self.state.skipped)
             if self.info.is_main and step % self.s.log.every == 0:
                 self._log_train(loss)
             stop = False
-            if step % self.s.eval.every == 0 or step == self.s.max_steps:
+            if step % self.s.eval.every == 0 or last:
                 metrics = self.evaluate()
                 last_eval = step
                 stop = self.on_eval is not None and self.on_eval(step, metrics)
-            if step % self.s.checkpoint.every == 0 or step == self.s.max_steps:
+            if step % self.s.checkpoint.every == 0 or last:
                 self.checkpoint()
                 last_ckpt = step
             if stop:
+                self.stopped_by = "early_stopping"
                 break
         bar.close()
+        self.stopped_by = self.stopped_by or self._spent()
         if last_eval != self.state.step:
             self.evaluate()
         if last_ckpt != self.state.step:
@@ -263,6 +282,10 @@ class Trainer:
         peak = all_reduce(torch.tensor([rss, cuda], dtype=torch.float64), self.info, op="max").cpu()
         out = {
             "steps": self.state.step,
+            "stopped_by": self.stopped_by,
+            "wall_seconds": self.state.wall_s if self.s.max_time is not None else None,
+            "max_steps": self.s.max_steps,
+            "max_time": self.s.max_time,
             "micro_batches": self.state.micro,
             "skipped_batches": self.state.skipped,
             "skipped_at_steps": self.state.skipped_at,

@@ -58,14 +58,15 @@ def _write_record(run_dir: Path, res: Resolved, ds_config: dict[str, Any], shard
     (run_dir / "shards.json").write_text(json.dumps({k: str(v) for k, v in shard_dirs.items()}, indent=1))
 
 
-def _budget(res: Resolved, batches_per_epoch: int) -> int:
-    """Optimiser steps: max_steps, or epochs x steps per epoch, whichever is smaller."""
+def _budget(res: Resolved, batches_per_epoch: int) -> int | None:
+    """Optimiser steps: max_steps, or epochs x steps per epoch, whichever is smaller (None: the
+    wall-clock budget alone)."""
     cfg = res.config
     steps = cfg.max_steps or math.inf
     if cfg.epochs is not None:
         per_epoch = math.ceil(batches_per_epoch / cfg.distributed.grad_accum)
         steps = min(steps, max(1, math.ceil(cfg.epochs * per_epoch)))
-    return int(steps)
+    return None if steps == math.inf else int(steps)
 
 
 def _trainer(res: Resolved, engine, ema, dirs: dict[str, str], info: DistInfo, on_eval) -> Trainer:
@@ -74,7 +75,7 @@ def _trainer(res: Resolved, engine, ema, dirs: dict[str, str], info: DistInfo, o
     writer = SummaryWriter(str(Path(cfg.run_dir) / "tensorboard")) if info.is_main and cfg.log.tensorboard else None
     stream = make_stream(res.loader, dirs, info)
     settings = LoopSettings(_budget(res, len(stream.loader)), cfg.optimizer, cfg.schedule, cfg.eval, cfg.checkpoints,
-                            cfg.log)
+                            cfg.log, cfg.max_time)
     dtype = compute_dtype(engine)
     return Trainer(engine, ema, stream, make_val_splits(res.loader, dirs, info), res.tasks, info, cfg.run_dir,
                    settings, lambda b: b.to(info.device, dtype), writer=writer,
@@ -115,7 +116,8 @@ def _summary(res: Resolved, training: dict[str, Any], stopper: EarlyStopping, be
             for name, ds in res.datasets.items()}
     return {
         "export": str(run_dir / "export"), "best_step": int(best_step), "steps": training["steps"],
-        "stopped_early": stopper.stopped,
+        "stopped_early": stopper.stopped, "stopped_by": training["stopped_by"],
+        "budget": {"max_steps": training["max_steps"], "max_time": cfg.max_time, "wall_seconds": training["wall_seconds"]},
         "monitor": {"name": stopper.describe(), "best": stopper.best if math.isfinite(stopper.best) else None},
         "validation": final.get("validation", {}), **({"test": final["test"]} if "test" in final else {}),
         "checkpoint": res.checkpoint, "from_scratch": cfg.from_scratch,
@@ -189,9 +191,11 @@ def _train(res: Resolved, split, info: DistInfo) -> dict[str, Any]:
         resume_position(trainer.stream, train_state["data"])  # another world size: same epoch fraction
     if ema is not None:
         ema.steps = trainer.state.step
-    log.info("%s %s: %d rank(s) on %s (%s), ZeRO %d, %s, up to %d steps, resume: %s at step %d", cfg.recipe,
+    budget = " and ".join(([f"{trainer.s.max_steps} steps"] if trainer.s.max_steps else [])
+                          + ([f"{cfg.max_time:g} s"] if cfg.max_time else []))
+    log.info("%s %s: %d rank(s) on %s (%s), ZeRO %d, %s, up to %s, resume: %s at step %d", cfg.recipe,
              cfg.run_dir, info.world_size, info.device, info.backend, cfg.distributed.zero_stage,
-             cfg.distributed.precision, trainer.s.max_steps, plan.mode, trainer.state.step)
+             cfg.distributed.precision, budget, plan.mode, trainer.state.step)
     training = trainer.run()
     if trainer.writer is not None:
         trainer.writer.close()

@@ -26,7 +26,7 @@ from ..config import ConfigError, apply_overrides, from_dict, load_yaml
 from ..data.shards.stream import LoaderConfig
 from ..model.config import ModelConfig
 from .config import (CheckpointConfig, DatasetConfig, DistributedConfig, EarlyStoppingConfig, EMAConfig,
-                     EvalConfig, LogConfig, OptimizerConfig, ScheduleConfig)
+                     EvalConfig, LogConfig, OptimizerConfig, ScheduleConfig, parse_duration)
 
 __all__ = ["TaskConfig", "RunConfig", "RECIPES", "RECIPE_DEFAULTS", "load_config", "config_from_mapping"]
 
@@ -80,6 +80,10 @@ class RunConfig:
     keep_heads: bool = False  # keep the checkpoint's other heads in the export (trained on nothing)
     max_steps: int | None = None
     epochs: float | None = None  # passes over the train split; with max_steps, the smaller wins
+    # wall-clock budget of the training loop: seconds or "10m", "1h"; the run stops there, keeps its
+    # best validation weights (early stopping) and exports; the lr decays over whichever budget
+    # is further along. Equal budgets are how models are compared (bench/).
+    max_time: float | str | None = None
     loss: Literal["uncertainty", "fixed"] = "uncertainty"
     loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(cutoff=None))  # cutoff: the model's
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -101,8 +105,10 @@ class RunConfig:
             raise ValueError("tasks: at least one task is needed (or --target)")
         if (self.data is None) == (not self.datasets):
             raise ValueError("give 'datasets' (a mapping of named datasets) or 'data' (one dataset), not both")
-        if self.max_steps is None and self.epochs is None:
-            raise ValueError("give max_steps or epochs (or both: the smaller budget wins)")
+        if self.max_steps is None and self.epochs is None and self.max_time is None:
+            raise ValueError("give max_steps, epochs or max_time (or several: the first one reached ends the run)")
+        if self.max_time is not None:
+            object.__setattr__(self, "max_time", parse_duration(self.max_time))
         if (self.max_steps is not None and self.max_steps < 1) or (self.epochs is not None and self.epochs <= 0):
             raise ValueError(f"max_steps must be >= 1 and epochs > 0, got {self.max_steps}, {self.epochs}")
         if (self.checkpoint is None) == (self.model is None):

@@ -206,3 +206,14 @@ def test_a_wrong_target_is_reported_before_deepspeed_is_imported(cache, tmp_path
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "no label 'nope'; labels found (records): " in proc.stderr and "band_gap (30)" in proc.stderr
+
+
+def test_a_wall_clock_budget_stops_the_run_exports_and_says_how_far_it_got(pretrained, cache, tmp_path):
+    cfg = _config(pretrained, cache, tmp_path / "timed", max_steps=None, max_time="3s", eval={"every": 2})
+    assert cfg.max_time == 3.0
+    summary = finetune(cfg)
+    assert summary["stopped_by"] == "max_time" and summary["steps"] > 0
+    assert 3.0 <= summary["budget"]["wall_seconds"] < 60 and summary["budget"]["max_steps"] is None
+    assert Path(summary["export"], "model.safetensors").is_file() and summary["validation"]["band_gap"]["n"] > 0
+    steps = finetune(_config(pretrained, cache, tmp_path / "steps", max_steps=4, max_time="10m"))
+    assert steps["stopped_by"] == "max_steps" and steps["steps"] == 4

@@ -31,3 +31,11 @@ def test_bounded_and_monotone_after_warmup(warmup, total, floor):
 def test_negative_step_refused():
     with pytest.raises(ValueError, match="step"):
         learning_rate(-1, 1.0, 10, ScheduleConfig())
+
+
+def test_a_wall_clock_budget_drives_the_decay_when_it_is_further_along():
+    cfg = ScheduleConfig(warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate(50, 1.0, 1000, cfg, time_fraction=1.0) == pytest.approx(0.1)  # time is up: the floor
+    assert learning_rate(50, 1.0, None, cfg, time_fraction=0.5) == pytest.approx(0.1 + 0.45)  # half way
+    assert learning_rate(50, 1.0, 1000, cfg) == learning_rate(50, 1.0, 1000, cfg, time_fraction=0.0)
+    assert learning_rate(5, 1.0, None, cfg, time_fraction=0.9) == pytest.approx(0.6)  # warmup by steps
