@@ -97,7 +97,14 @@ def setup(device: str = "auto", timeout_s: int = 1800, local_rank_arg: int | Non
         # its engine is built. Not deepspeed.init_distributed here: that imports DeepSpeed and
         # builds its communication op (about 30 s on a fresh machine) before the data and labels
         # are checked, so a wrong target would be reported only after it.
-        torch.distributed.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if os.environ["WORLD_SIZE"] == "1":
+            # One process: an in-memory store, no TCP port to pick and lose to another process
+            # between choosing it and binding it (seen with two runs starting at once).
+            torch.distributed.init_process_group(backend=backend, timeout=timeout, rank=0, world_size=1,
+                                                 store=torch.distributed.HashStore())
+        else:
+            torch.distributed.init_process_group(backend=backend, timeout=timeout)
     return DistInfo(
         rank=torch.distributed.get_rank(),
         local_rank=local_rank,

@@ -209,7 +209,8 @@ def test_a_wrong_target_is_reported_before_deepspeed_is_imported(cache, tmp_path
 
 
 def test_a_wall_clock_budget_stops_the_run_exports_and_says_how_far_it_got(pretrained, cache, tmp_path):
-    cfg = _config(pretrained, cache, tmp_path / "timed", max_steps=None, max_time="3s", eval={"every": 2})
+    cfg = _config(pretrained, cache, tmp_path / "timed", max_steps=None, max_time="3s", eval={"every": 2},
+                  early_stopping={"enabled": False})
     assert cfg.max_time == 3.0
     summary = finetune(cfg)
     assert summary["stopped_by"] == "max_time" and summary["steps"] > 0
