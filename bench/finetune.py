@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, machine, run_finetune
 # case -> (config, the task whose test MAE is compared, default budget in optimiser steps)
 CASES = {
     "formation_energy": ("configs/finetune/formation_energy.yaml", "formation_energy", 1000),
@@ -36,38 +32,10 @@ CASES = {
 }
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
 def _run(config: str, run_dir: Path, checkpoint: str, steps: int, scratch: bool, nproc: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    script = [str(ROOT / "launch/finetune.py"), "--config", config, "--checkpoint", checkpoint,
-              "--run-dir", str(run_dir), f"max_steps={steps}", f"from_scratch={'true' if scratch else 'false'}",
-              "log.progress=false", "log.tensorboard=false"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(_port()), *script]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    summary["wall_seconds"] = round(time.perf_counter() - start, 1)
+    summary = run_finetune(["--config", config, "--checkpoint", checkpoint, f"max_steps={steps}",
+                            f"from_scratch={'true' if scratch else 'false'}"], run_dir, nproc)
+    summary["wall_seconds"] = summary["command_seconds"]
     return summary
 
 
@@ -108,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--steps takes case=N with a case of {list(CASES)}, got {item!r}")
         budgets[case] = int(n)
 
-    results = {"machine": _machine(), "checkpoint": args.checkpoint, "processes": args.nproc,
+    results = {"machine": machine(), "checkpoint": args.checkpoint, "processes": args.nproc,
                "note": "test-split MAE; 'mean' predicts the mean of the test labels", "cases": {}}
     start = time.perf_counter()
     for case in args.cases:

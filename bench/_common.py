@@ -1,0 +1,51 @@
+"""What the benchmarks share: the machine's description, and one real fine-tuning run
+(`launch/finetune.py` under torchrun, one thread per process) returning its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def run_finetune(arguments: list[str], run_dir: Path, nproc: int) -> dict:
+    """`launch/finetune.py ARGUMENTS --run-dir RUN_DIR` on `nproc` processes; its summary.json plus
+    the command's wall seconds (start-up and sharding included)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    script = [str(ROOT / "launch/finetune.py"), *arguments, "--run-dir", str(run_dir), "log.progress=false",
+              "log.tensorboard=false"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_port", str(free_port()), *script]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["command_seconds"] = round(time.perf_counter() - start, 1)
+    return summary

@@ -1,0 +1,144 @@
+"""Accuracy at equal wall-clock budgets: our encoder (from scratch and fine-tuned from the pretrained
+checkpoint), the in-project CGCNN, SchNet and composition-only baselines, and the mean, on the same
+tasks, the same hash split, the same number of processes; writes bench/results/accuracy.json.
+
+    python bench/accuracy.py                                   # every task, every model, 10 minutes each
+    python bench/accuracy.py --tasks mp_e_form --budget 60m    # the headline row at an hour
+    python bench/accuracy.py --quick --out work/quick.json     # a small slice in about a minute (tests)
+
+Every model row is the real `launch/finetune.py` under torchrun (DeepSpeed engine, EMA, the best
+validation weights exported) with the task's config from `configs/finetune/` and only these
+changed: the model (`--model configs/model/X.yaml` for a fresh model, `--checkpoint` for the
+pretrained one), `max_time` = the budget with no step limit (the lr decays over the budget), and
+early stopping that keeps the best validation weights but does not stop (every model spends the
+whole budget). Settings are the task config's for every model (chosen on validation splits for our
+encoder); the test split is scored once, at the end. "mean" predicts the mean of the train labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import ROOT, machine, run_finetune
+from foundation.data.shards import LoaderConfig, build_loader
+
+# task -> (finetune config, the task scored)
+TASKS = {
+    "mp_e_form": ("configs/finetune/formation_energy.yaml", "formation_energy"),
+    "mp_gap": ("configs/finetune/band_gap.yaml", "band_gap"),
+    "perovskites": ("configs/finetune/perovskites.yaml", "heat_all"),
+    "log_kvrh": ("configs/finetune/bulk_modulus.yaml", "log10_bulk_modulus"),
+    "log_gvrh": ("configs/finetune/shear_modulus.yaml", "log10_shear_modulus"),
+}
+# model -> the arguments that choose it (None: the pretrained checkpoint, given on the command line)
+MODELS = {
+    "ours": ["--model", "configs/model/tiny.yaml"],
+    "ours_pretrained": None,
+    "cgcnn": ["--model", "configs/model/cgcnn.yaml"],
+    "schnet": ["--model", "configs/model/schnet.yaml"],
+    "composition": ["--model", "configs/model/composition.yaml"],
+}
+
+
+def _labels(shard_dir: str, split: str, target: str) -> np.ndarray:
+    cfg = LoaderConfig(cutoff=1.0, shuffle=False, max_atoms=4096)
+    values = []
+    for batch in build_loader({"data": shard_dir}, split, cfg):
+        if target in batch.targets:
+            values.append(batch.targets[target][batch.masks[target]].double().numpy())
+    return np.concatenate(values) if values else np.zeros(0)
+
+
+def _mean_row(summary: dict, task: str) -> dict:
+    """The mean of the train labels as every test prediction."""
+    target = summary["tasks"][task]["target"]
+    train, test = (_labels(summary["data"]["shards"], s, target) for s in ("train", "test"))
+    return {"test_mae": float(np.abs(test - train.mean()).mean()), "n_test": int(len(test)),
+            "n_train": int(len(train))}
+
+
+def _row(summary: dict, task: str) -> dict:
+    test, val = summary["test"][task], summary["validation"][task]
+    return {"test_mae": test["mae"], "test_rmse": test["rmse"], "test_r2": test["r2"], "n_test": test["n"],
+            "val_mae": val["mae"], "steps": summary["steps"], "best_step": summary["best_step"],
+            "stopped_by": summary["stopped_by"], "train_seconds": round(summary["train_seconds"], 1),
+            "loop_seconds": summary["budget"]["wall_seconds"], "command_seconds": summary["command_seconds"],
+            "atoms_per_s": round(summary["training"]["atoms_per_s"], 1)}
+
+
+def _arguments(task: str, model: str, budget: str, checkpoint: str, quick: bool) -> list[str]:
+    chosen = MODELS[model] if MODELS[model] is not None else ["--checkpoint", checkpoint]
+    out = ["--config", TASKS[task][0], *chosen, f"max_time={budget}", "max_steps=null", "epochs=null",
+           "early_stopping.patience=1000000"]
+    if quick:
+        out += ["data.limit=400", "eval.every=10", "eval.max_batches=4"]
+    return out
+
+
+def run(tasks: list[str], models: list[str], budget: str, checkpoint: str, nproc: int, work: Path,
+        quick: bool) -> dict:
+    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "processes": nproc, "budget": budget, "quick": quick, "checkpoint": checkpoint,
+               "note": "test-split MAE at equal wall-clock budgets; 'mean' predicts the train mean", "tasks": {}}
+    start = time.perf_counter()
+    for task in tasks:
+        rows, summary = {}, None
+        for model in models:
+            if model == "ours_pretrained" and not Path(ROOT / checkpoint).exists() and not Path(checkpoint).exists():
+                rows[model] = {"skipped": f"no checkpoint {checkpoint} (run the README's main job first)"}
+                continue
+            print(f"[{time.perf_counter() - start:6.0f} s] {task}: {model}, {budget}", flush=True)
+            summary = run_finetune(_arguments(task, model, budget, checkpoint, quick), work / task / model, nproc)
+            rows[model] = _row(summary, TASKS[task][1])
+        if summary is not None:
+            rows["mean"] = _mean_row(summary, TASKS[task][1])
+            results["tasks"][task] = {"config": TASKS[task][0], "task": TASKS[task][1],
+                                      "unit": summary["tasks"][TASKS[task][1]]["unit"], "models": rows,
+                                      "splits": summary["data"]["counts"]["splits"]}
+    results["total_seconds"] = round(time.perf_counter() - start, 1)
+    return results
+
+
+def table(results: dict) -> str:
+    models = [m for m in [*MODELS, "mean"] if any(m in t["models"] for t in results["tasks"].values())]
+    lines = [f"test MAE at {results['budget']} per model and task ({results['machine']}; "
+             f"{results['processes']} processes)",
+             f"{'task':<13}{'unit':<12}" + "".join(f"{m:>16}" for m in models)]
+    for name, t in results["tasks"].items():
+        cells = [t["models"].get(m, {}).get("test_mae") for m in models]
+        lines.append(f"{name:<13}{t['unit']:<12}" + "".join(f"{c:>16.4f}" if c is not None else f"{'-':>16}"
+                                                               for c in cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--budget", default="10m", help="wall-clock budget of every model and task")
+    parser.add_argument("--checkpoint", default="runs/sample/export", help="the pretrained export")
+    parser.add_argument("--nproc", type=int, default=2, help="processes per run (torchrun)")
+    parser.add_argument("--quick", action="store_true", help="400 perovskites, 8 s a model (the test suite's run)")
+    parser.add_argument("--work", default="work/bench_accuracy")
+    parser.add_argument("--out", default="bench/results/accuracy.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.budget, args.tasks = "8s", ["perovskites"]
+    results = run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work, args.quick)
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(table(results))
+    print(f"total {results['total_seconds']:.0f} s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The benchmarks run: `bench/run_all.py --quick` on a small slice of each, so none of them rots
+(their numbers are reported in bench/README.md, never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_on_a_small_slice(tmp_path):
+    subprocess.run([sys.executable, "bench/run_all.py", "--quick", "--out", str(tmp_path)], cwd=ROOT, check=True,
+                   timeout=600)
+    accuracy = json.loads((tmp_path / "accuracy.json").read_text())
+    rows = accuracy["tasks"]["perovskites"]["models"]
+    assert set(rows) == {"ours", "cgcnn", "schnet", "composition", "mean"}
+    for name, row in rows.items():
+        assert row["test_mae"] > 0 and row["n_test"] > 0, name
+        if name != "mean":
+            assert row["stopped_by"] == "max_time" and row["steps"] > 0 and row["loop_seconds"] >= 8, name
+    assert json.loads((tmp_path / "data.json").read_text()) and json.loads((tmp_path / "model.json").read_text())
