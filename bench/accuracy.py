@@ -18,7 +18,6 @@ encoder); the test split is scored once, at the end. "mean" predicts the mean of
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time

@@ -14,7 +14,6 @@ the three do the same work. Ratios are ours / peer (> 1: ours is faster).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform

@@ -36,7 +36,7 @@ def test_config_errors_name_the_field(tmp_path):
         config_from_mapping(_cfg(early_stopping={"patiense": 3}))
     with pytest.raises(ConfigError, match=r"freeze"):
         config_from_mapping(_cfg(freeze="blocks:2"))
-    with pytest.raises(ConfigError, match=r"max_steps or epochs"):
+    with pytest.raises(ConfigError, match=r"max_steps, epochs or max_time"):
         config_from_mapping({k: v for k, v in _cfg().items() if k != "max_steps"})
     with pytest.raises(ConfigError, match=r"data: derive\.y: "):
         config_from_mapping(_cfg(data={"path": "x", "derive": {"y": "sqrt(x)"}}))
