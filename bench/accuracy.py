@@ -5,6 +5,7 @@ tasks, the same hash split, the same number of processes; writes bench/results/a
     python bench/accuracy.py                                   # every task, every model, 10 minutes each
     python bench/accuracy.py --tasks mp_e_form --budget 60m    # the headline row at an hour
     python bench/accuracy.py --quick --out work/quick.json     # a small slice in about a minute (tests)
+    python bench/accuracy.py --tasks perovskites --sizes 500 2000 all   # learning curves (+ PNG)
 
 Every model row is the real `launch/finetune.py` under torchrun (DeepSpeed engine, EMA, the best
 validation weights exported) with the task's config from `configs/finetune/` and only these
@@ -72,19 +73,21 @@ def _row(summary: dict, task: str) -> dict:
             "atoms_per_s": round(summary["training"]["atoms_per_s"], 1)}
 
 
-def _arguments(task: str, model: str, budget: str, checkpoint: str, quick: bool) -> list[str]:
+def _arguments(task: str, model: str, budget: str, checkpoint: str, quick: bool, size: str) -> list[str]:
     chosen = MODELS[model] if MODELS[model] is not None else ["--checkpoint", checkpoint]
     out = ["--config", TASKS[task][0], *chosen, f"max_time={budget}", "max_steps=null", "epochs=null",
            "early_stopping.patience=1000000"]
+    if size != "all":
+        out.append(f"data.max_train={size}")
     if quick:
         out += ["data.limit=400", "eval.every=10", "eval.max_batches=4"]
     return out
 
 
 def run(tasks: list[str], models: list[str], budget: str, checkpoint: str, nproc: int, work: Path,
-        quick: bool) -> dict:
+        quick: bool, size: str = "all") -> dict:
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "processes": nproc, "budget": budget, "quick": quick, "checkpoint": checkpoint,
+               "processes": nproc, "budget": budget, "quick": quick, "checkpoint": checkpoint, "train_size": size,
                "note": "test-split MAE at equal wall-clock budgets; 'mean' predicts the train mean", "tasks": {}}
     start = time.perf_counter()
     for task in tasks:
@@ -93,8 +96,9 @@ def run(tasks: list[str], models: list[str], budget: str, checkpoint: str, nproc
             if model == "ours_pretrained" and not Path(ROOT / checkpoint).exists() and not Path(checkpoint).exists():
                 rows[model] = {"skipped": f"no checkpoint {checkpoint} (run the README's main job first)"}
                 continue
-            print(f"[{time.perf_counter() - start:6.0f} s] {task}: {model}, {budget}", flush=True)
-            summary = run_finetune(_arguments(task, model, budget, checkpoint, quick), work / task / model, nproc)
+            print(f"[{time.perf_counter() - start:6.0f} s] {task}: {model}, {budget}, train {size}", flush=True)
+            summary = run_finetune(_arguments(task, model, budget, checkpoint, quick, size),
+                                   work / task / size / model, nproc)
             rows[model] = _row(summary, TASKS[task][1])
         if summary is not None:
             rows["mean"] = _mean_row(summary, TASKS[task][1])
@@ -117,6 +121,25 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def curves_plot(by_size: dict[str, dict], path: Path) -> None:
+    """Test MAE against training structures, one panel per task, one line per model (log-log)."""
+    from matplotlib.figure import Figure  # a plotting library only for this figure
+
+    tasks = sorted({t for r in by_size.values() for t in r["tasks"]})
+    fig = Figure(figsize=(4.5 * len(tasks), 4), dpi=110)
+    for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks):
+        models = sorted({m for r in by_size.values() for m in r["tasks"].get(task, {}).get("models", {})})
+        for model in models:
+            points = sorted((r["tasks"][task]["splits"]["train"], r["tasks"][task]["models"][model]["test_mae"])
+                            for r in by_size.values() if model in r["tasks"].get(task, {}).get("models", {})
+                            and "test_mae" in r["tasks"][task]["models"][model])
+            ax.plot(*zip(*points), marker="o", label=model)
+        ax.set(xscale="log", yscale="log", xlabel="training structures", ylabel="test MAE", title=task)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -125,17 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="runs/sample/export", help="the pretrained export")
     parser.add_argument("--nproc", type=int, default=2, help="processes per run (torchrun)")
     parser.add_argument("--quick", action="store_true", help="400 perovskites, 8 s a model (the test suite's run)")
+    parser.add_argument("--sizes", nargs="+", default=["all"],
+                        help="training structures (data.max_train) per point of the learning curves, or 'all'")
     parser.add_argument("--work", default="work/bench_accuracy")
     parser.add_argument("--out", default="bench/results/accuracy.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.budget, args.tasks = "8s", ["perovskites"]
-    results = run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work, args.quick)
+    by_size = {size: run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work,
+                         args.quick, size) for size in args.sizes}
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
+    results = by_size["all"] if list(by_size) == ["all"] else {"learning_curves": by_size}
     out.write_text(json.dumps(results, indent=1) + "\n")
-    print(table(results))
-    print(f"total {results['total_seconds']:.0f} s -> {out}")
+    for size, r in by_size.items():
+        print(f"train {size}: " + table(r))
+    if len(by_size) > 1:
+        curves_plot(by_size, out.with_suffix(".png"))
+        print(f"learning curves -> {out.with_suffix('.png')}")
+    print(f"-> {out}")
     return 0
 
 

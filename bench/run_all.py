@@ -28,8 +28,10 @@ def commands(quick: bool, out: Path) -> list[list[str]]:
             ["bench/model.py", "--max-atoms", "64", "--repeats", "1", "--no-peer", "--out", str(out / "model.json")],
             ["bench/accuracy.py", "--quick", "--nproc", "1", "--models", "ours", "cgcnn", "schnet", "composition",
              "--work", str(out / "accuracy_runs"), "--out", str(out / "accuracy.json")],
+            ["bench/speed.py", "--quick", "--out", str(out / "speed.json")],
         ]
-    return [["bench/data.py"], ["bench/model.py"], ["bench/pretrain.py"], ["bench/finetune.py"], ["bench/accuracy.py"]]
+    return [["bench/data.py"], ["bench/model.py"], ["bench/pretrain.py"], ["bench/finetune.py"], ["bench/accuracy.py"],
+            ["bench/speed.py"], ["bench/cgcnn_check.py"]]
 
 
 def main(argv: list[str] | None = None) -> int:

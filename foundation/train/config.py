@@ -179,6 +179,8 @@ class DatasetConfig:
     group_by_prefix: bool = False  # split by the id before ':' (all frames of an OC20 system together)
     derive: dict[str, str] = field(default_factory=dict)
     keep_labels: Literal["all", "tasks"] = "all"
+    # the first N training records only (val and test unchanged: learning curves share them)
+    max_train: int | None = None
     name: str | None = None  # the `data:` form only: the dataset's name (default: the file's stem)
 
     def __post_init__(self):
@@ -190,6 +192,8 @@ class DatasetConfig:
         _require(self.shards is None or not (self.derive or self.keep_labels == "tasks"),
                  "'derive' and keep_labels 'tasks' apply to native inputs, not to built shards")
         _require(self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")
+        _require(self.max_train is None or self.max_train >= 1, f"max_train must be >= 1, got {self.max_train}")
+        _require(self.shards is None or self.max_train is None, "'max_train' applies to native inputs, not to built shards")
         _require(min(self.fractions) >= 0 and abs(sum(self.fractions) - 1) <= 1e-9 and self.fractions[0] > 0,
                  f"fractions must be 3 non-negative numbers summing to 1 with a train part, got {self.fractions}")
         for name, expr in self.derive.items():

@@ -29,7 +29,7 @@ from ..data.crystal import Crystal
 from ..data.labels import derived_label
 from ..data.readers.oc20_lmdb import oc22_pkl_to_lmdb
 from ..data.records import Reject
-from ..data.shards import SplitRule, build_loader, read_manifest, write_shards
+from ..data.shards import SplitRule, TrainSubset, build_loader, read_manifest, write_shards
 from .data import EpochStream
 from .distributed import DistInfo, barrier, broadcast_text
 
@@ -74,6 +74,8 @@ def cache_key(name: str, ds, tasks: list[Any] = (), split=None) -> str:
         files += [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in members if p.is_file()]
     spec = {"name": name, "files": files, "format": ds.format, "options": ds.options, "limit": ds.limit,
             "fractions": list(ds.fractions), "split_seed": ds.split_seed, "group_by_prefix": ds.group_by_prefix}
+    if ds.max_train is not None:
+        spec["max_train"] = ds.max_train
     if ds.derive or ds.keep_labels == "tasks" or split is not None:
         spec.update(derive=ds.derive, keep=ds.keep_labels, targets=sorted({t.target for t in tasks}),
                     binary=sorted({t.target for t in tasks if t.kind == "classification"}),
@@ -124,6 +126,8 @@ def _build(name: str, ds, out: Path, tasks: list[Any], split) -> None:
     start = time.perf_counter()
     rule = GivenSplit(split) if split is not None else SplitRule(tuple(ds.fractions), ds.split_seed,
                                                                 ds.group_by_prefix)
+    if ds.max_train is not None:
+        rule = TrainSubset(rule, ds.max_train)
     tally: dict[str, Counter] = {"found": Counter(), "non_binary": Counter()}
     records = _labelled(_native(ds, out.with_name(out.name + ".work")), ds, tasks, tally, str(ds.path))
     reader = {"format": ds.format, "options": ds.options, "limit": ds.limit}

@@ -300,3 +300,22 @@ def test_one_neighbour_search_per_record_serves_validation_edges_and_fingerprint
         reach = max(6.0, fingerprint_reach(crystal))
         assert fp.curve.tolist() == pytest.approx(fingerprint(crystal, pair_distances(crystal, reach)).curve.tolist(),
                                                   abs=1e-12)
+
+
+def test_a_train_subset_keeps_val_and_test_and_rejects_the_rest_with_a_reason(tmp_path):
+    """Learning curves: the first N train records, val and test exactly the full split's."""
+    from foundation.data import readers
+    from foundation.data.shards import TrainSubset
+
+    records = [r for r in readers.read(OQMD, "oqmd")]
+    full = write_shards(records, tmp_path / "full", dedup=False, progress=False, fractions=(0.6, 0.2, 0.2))
+    rule = TrainSubset(SplitRule((0.6, 0.2, 0.2)), 25)
+    part = write_shards(records, tmp_path / "part", dedup=False, progress=False, split=rule)
+    assert part["counts"]["splits"]["train"]["records"] == 25
+    for split in ("val", "test"):
+        assert part["counts"]["splits"][split] == full["counts"]["splits"][split]
+    left = full["counts"]["splits"]["train"]["records"] - 25
+    assert part["counts"]["rejected"] == full["counts"]["rejected"] + left
+    reasons = [json.loads(line)["reason"] for line in (tmp_path / "part" / "rejects.jsonl").read_text().splitlines()]
+    assert sum("beyond the first 25 training records" in r for r in reasons) == left
+    assert part["split_rule"]["max_train"] == 25

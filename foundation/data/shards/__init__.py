@@ -12,7 +12,7 @@
 from .format import decode_record, encode_record, read_manifest
 from .statistics import dataset_statistics
 from .stream import LoaderConfig, build_loader
-from .write import DEFAULT_EDGE_CUTOFFS, SplitRule, sha256_file, write_shards
+from .write import DEFAULT_EDGE_CUTOFFS, SplitRule, TrainSubset, sha256_file, write_shards
 
 __all__ = ["decode_record", "encode_record", "read_manifest", "dataset_statistics", "LoaderConfig",
-           "build_loader", "DEFAULT_EDGE_CUTOFFS", "SplitRule", "sha256_file", "write_shards"]
+           "build_loader", "DEFAULT_EDGE_CUTOFFS", "SplitRule", "TrainSubset", "sha256_file", "write_shards"]

@@ -39,7 +39,7 @@ from .format import FORMAT, SPLITS, VERSION, decode_record, encode_record, read_
 from .prepare import prepare_records
 from .statistics import LabelAccumulator, dataset_statistics, summarize
 
-__all__ = ["SplitRule", "ShardOptions", "write_shards", "read_manifest", "dataset_statistics", "sha256_file", "DEFAULT_EDGE_CUTOFFS"]
+__all__ = ["SplitRule", "TrainSubset", "ShardOptions", "write_shards", "read_manifest", "dataset_statistics", "sha256_file", "DEFAULT_EDGE_CUTOFFS"]
 
 DEFAULT_EDGE_CUTOFFS = (4.0, 5.0, 6.0)  # Å: per-record edge counts for max_edges packing
 
@@ -73,6 +73,32 @@ class SplitRule:
         return {"hash": "sha256", "of": "f'{seed}:{group}'", "seed": self.seed,
                 "group": "source:id-prefix" if self.group_by_prefix else "source:id",
                 "fractions": dict(zip(SPLITS, self.fractions))}
+
+
+class TrainSubset:
+    """A split rule whose train part keeps only the first `max_train` train records (in input
+    order); val and test are the wrapped rule's, unchanged, so learning curves share them. The
+    records left out are rejects with the reason, counted like any other."""
+
+    def __init__(self, rule, max_train: int):
+        if max_train < 1:
+            raise ValueError(f"max_train must be >= 1, got {max_train}")
+        self.rule, self.max_train, self.kept = rule, int(max_train), 0
+        self.seed, self.group_by_prefix = rule.seed, rule.group_by_prefix
+        self.left_out = f"beyond the first {self.max_train} training records (max_train)"
+
+    def group(self, crystal: Crystal) -> str:
+        return self.rule.group(crystal)
+
+    def assign(self, crystal: Crystal) -> str | None:
+        split = self.rule.assign(crystal)
+        if split != "train":
+            return split
+        self.kept += 1
+        return split if self.kept <= self.max_train else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.rule.to_json(), "max_train": self.max_train}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -220,6 +246,9 @@ class _Run:
         crystal, edges, fp, dropped = item
         self.dropped_labels.update(dropped)
         name = self.opts.split.assign(crystal)
+        if name is None:  # a split rule that keeps a subset (TrainSubset) leaves this record out
+            self._reject(Reject(crystal.id, crystal.source, f"left out by the split: {self.opts.split.left_out}"))
+            return
         if self.index is not None and self._is_dropped_duplicate(crystal, fp, name):
             return
         self.buffer.append((name, crystal, edges))

@@ -1,0 +1,128 @@
+"""Is the in-project CGCNN a fair baseline? It against the reference package (`pip install cgcnn2`,
+in the `bench` extra) on the same split, the same wall-clock budget and the same machine; writes
+bench/results/cgcnn_check.json. The issue's bar: our test MAE within 15 % of the package's.
+
+    python bench/accuracy.py --tasks mp_e_form --models cgcnn      # our CGCNN (or the full accuracy run)
+    python bench/cgcnn_check.py --run work/bench_accuracy/mp_e_form/all/cgcnn --budget 10m
+
+The split is the one our run used: its shards' train, val and test records are written as CIF files
+with `id_prop.csv` in the package's layout (its `atom_init.json` element table), so the package
+trains on exactly our train split, early-stops on our val split and is scored on our test split.
+`cgcnn-tr` (Adam, lr 0.01, batch 64, the paper's 3 layers of 64, 12 neighbours within 8 Å) runs until
+the budget is spent (its whole command, start-up included) and is then stopped; `cgcnn-pr`
+scores the best validation checkpoint it saved on the test CIFs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from pymatgen.io.cif import CifWriter
+from webdataset.tariterators import tarfile_samples
+
+from _common import ROOT, machine
+from foundation.data.shards import decode_record, read_manifest
+from foundation.data.shards.format import shard_location
+from foundation.train.config import parse_duration
+
+
+def _records(shard_dir: str, split: str):
+    manifest = read_manifest(shard_dir)
+    for entry in manifest["shards"][split]:
+        for sample in tarfile_samples([{"url": shard_location(manifest["base"], entry["file"])}]):
+            yield decode_record(sample)
+
+
+def write_split(shard_dir: str, target: str, out: Path) -> dict[str, int]:
+    """CIF directories train/, valid/, test/ with id_prop.csv and atom_init.json; record counts."""
+    atom_init = resources.files("cgcnn2") / "asset" / "atom_init.json"
+    counts = {}
+    for split, name in (("train", "train"), ("val", "valid"), ("test", "test")):
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(str(atom_init), folder / "atom_init.json")
+        rows = []
+        for k, crystal in enumerate(_records(shard_dir, split)):
+            if target not in crystal.targets:
+                continue
+            cif_id = f"r{k:06d}"
+            CifWriter(crystal.to_pymatgen()).write_file(folder / f"{cif_id}.cif")
+            rows.append((cif_id, float(crystal.targets[target])))
+        with open(folder / "id_prop.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows(rows)
+        counts[split] = len(rows)
+    return counts
+
+
+def _run_until(cmd: list[str], seconds: float, cwd: Path, log: Path) -> float:
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    return time.perf_counter() - start
+
+
+def run_package(data: Path, budget: float, work: Path) -> dict:
+    train = ["cgcnn-tr", "--train-set", str(data / "train"), "--valid-set", str(data / "valid"), "--test-set",
+             str(data / "test"), "--epoch", "100000", "--learning-rate", "0.01", "--batch-size", "64",
+             "--job-id", "check", "--disable-cuda"]
+    seconds = _run_until(train, budget, work, work / "train.log")
+    checkpoint = work / "output_check" / "best_model.ckpt"
+    if not checkpoint.is_file():
+        raise RuntimeError(f"cgcnn-tr saved no checkpoint in {seconds:.0f} s; see {work / 'train.log'}")
+    subprocess.run(["cgcnn-pr", "--model-path", str(checkpoint), "--full-set", str(data / "test"), "--job-id", "test",
+                    "--disable-cuda"], cwd=work, check=True, capture_output=True, text=True)
+    with open(work / "output_test" / "results.csv") as fh:
+        rows = [r for r in csv.reader(fh) if r and r[0] != "cif_id"]
+    true, pred = np.array([float(r[1]) for r in rows]), np.array([float(r[2]) for r in rows])
+    epochs = sum("Epoch [" in line for line in (work / "train.log").read_text().splitlines())
+    return {"test_mae": float(np.abs(pred - true).mean()), "n_test": len(rows), "epochs": epochs,
+            "command_seconds": round(seconds, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="work/bench_accuracy/mp_e_form/all/cgcnn", help="our CGCNN run directory")
+    parser.add_argument("--budget", default="10m")
+    parser.add_argument("--work", default="work/cgcnn_check")
+    parser.add_argument("--out", default="bench/results/cgcnn_check.json")
+    args = parser.parse_args(argv)
+    ours = json.loads((ROOT / args.run / "summary.json").read_text())
+    task = next(iter(ours["tasks"]))
+    target = ours["tasks"][task]["target"]
+    work = ROOT / args.work
+    shutil.rmtree(work, ignore_errors=True)
+    counts = write_split(ours["data"]["shards"], target, work / "data")
+    package = run_package(work / "data", parse_duration(args.budget), work)
+    ratio = ours["test"][task]["mae"] / package["test_mae"]
+    result = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "budget": args.budget,
+              "task": task, "target": target, "split": counts,
+              "ours": {"test_mae": ours["test"][task]["mae"], "steps": ours["steps"],
+                       "loop_seconds": ours["budget"]["wall_seconds"], "run": args.run},
+              "cgcnn2": package, "ratio_ours_over_package": ratio, "within_15_percent": abs(ratio - 1) <= 0.15,
+              "settings": {"ours": "configs/model/cgcnn.yaml with the task's finetune config (AdamW, cosine over the budget, EMA)",
+                           "cgcnn2": "cgcnn-tr: Adam, lr 0.01, batch 64, no lr schedule, its defaults otherwise"}}
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{task} test MAE at {args.budget}: in-project CGCNN {result['ours']['test_mae']:.4f}, "
+          f"cgcnn2 {package['test_mae']:.4f} ({package['epochs']} epochs); ratio {ratio:.3f} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
