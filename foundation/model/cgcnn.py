@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from ..data.graph import Batch
 from .config import ModelConfig, building_dtype
-from .encoder import check_species, edge_vectors, gaussian_basis, mean_pool, nearest_edges
+from .encoder import check_species, distance_edges, mean_pool
 
 __all__ = ["CGCNNEncoder", "CGConv"]
 
@@ -57,10 +57,7 @@ class CGCNNEncoder(nn.Module):
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         check_species(batch.numbers, self.config)
         pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
-        length = edge_vectors(batch, pos).norm(dim=-1)  # [n_edges] Å
-        keep = nearest_edges(batch.edge_index[0], length, self.config.max_neighbors)
-        receiver, sender = batch.edge_index[0][keep], batch.edge_index[1][keep]
-        basis = gaussian_basis(length[keep], self.config.n_basis, self.config.cutoff)  # [n_kept, n_basis]
+        receiver, sender, _, basis = distance_edges(batch, pos, self.config)  # basis [n_kept, n_basis]
         v = self.embedding(batch.numbers).to(pos.dtype)  # [n_atoms, w]
         for block in self.blocks:
             v = block(v, basis, receiver, sender)

@@ -18,7 +18,7 @@ from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps, r
 from ..nn.radial import RadialEmbedding
 from .config import ModelConfig, building_dtype
 
-__all__ = ["Encoder", "edge_vectors", "mean_pool", "nearest_edges", "gaussian_basis", "check_species"]
+__all__ = ["Encoder", "edge_vectors", "mean_pool", "nearest_edges", "gaussian_basis", "check_species", "distance_edges"]
 
 
 def edge_vectors(batch: Batch, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,6 +58,17 @@ def gaussian_basis(length: torch.Tensor, n: int, cutoff: float) -> torch.Tensor:
     centres = torch.linspace(0.0, cutoff, n, device=length.device, dtype=length.dtype)  # [n] Å
     spacing = cutoff / max(n - 1, 1)
     return torch.exp(-((length.unsqueeze(-1) - centres) ** 2) / spacing**2)
+
+
+def distance_edges(batch: Batch, positions: torch.Tensor, config: ModelConfig):
+    """What the distance-only baselines (CGCNN, SchNet) read of a graph: (receiver, sender, length
+    Å, Gaussian basis) of the `config.max_neighbors` nearest edges of every atom, [n_kept] each and
+    [n_kept, n_basis]; lengths from `positions`, so forces flow through them."""
+    length = edge_vectors(batch, positions).norm(dim=-1)  # [n_edges] Å
+    keep = nearest_edges(batch.edge_index[0], length, config.max_neighbors)
+    length = length[keep]
+    return (batch.edge_index[0][keep], batch.edge_index[1][keep], length,
+            gaussian_basis(length, config.n_basis, config.cutoff))
 
 
 def check_species(numbers: torch.Tensor, config: ModelConfig) -> None:

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from ..data.graph import Batch
 from .config import ModelConfig, building_dtype
-from .encoder import check_species, edge_vectors, gaussian_basis, mean_pool, nearest_edges
+from .encoder import check_species, distance_edges, mean_pool
 
 __all__ = ["SchNetEncoder", "Interaction"]
 
@@ -60,10 +60,7 @@ class SchNetEncoder(nn.Module):
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         check_species(batch.numbers, self.config)
         pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
-        length = edge_vectors(batch, pos).norm(dim=-1)  # [n_edges] Å
-        keep = nearest_edges(batch.edge_index[0], length, self.config.max_neighbors)
-        receiver, sender, length = batch.edge_index[0][keep], batch.edge_index[1][keep], length[keep]
-        basis = gaussian_basis(length, self.config.n_basis, self.config.cutoff)  # [n_kept, n_basis]
+        receiver, sender, length, basis = distance_edges(batch, pos, self.config)  # [n_kept], [n_kept, n_basis]
         envelope = 0.5 * (torch.cos(math.pi * length / self.config.cutoff) + 1.0)  # [n_kept]
         x = self.embedding(batch.numbers).to(pos.dtype)  # [n_atoms, w]
         for block in self.blocks:
