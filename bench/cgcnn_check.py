@@ -1,6 +1,7 @@
 """Is the in-project CGCNN a fair baseline? It against the reference package (`pip install cgcnn2`,
 in the `bench` extra) on the same split, the same wall-clock budget and the same machine; writes
-bench/results/cgcnn_check.json. The issue's bar: our test MAE within 15 % of the package's.
+bench/results/cgcnn_check.json. The bar: our test MAE within 15 % of the package's, or better
+(`not_a_straw_man`: ratio ours / package <= 1.15).
 
     python bench/accuracy.py --tasks mp_e_form --models cgcnn      # our CGCNN (or the full accuracy run)
     python bench/cgcnn_check.py --run work/bench_accuracy/mp_e_form/all/cgcnn --budget 10m
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               "ours": {"test_mae": ours["test"][task]["mae"], "steps": ours["steps"],
                        "loop_seconds": ours["budget"]["wall_seconds"], "run": args.run},
               "cgcnn2": package, "ratio_ours_over_package": ratio, "within_15_percent": abs(ratio - 1) <= 0.15,
+              "not_a_straw_man": ratio <= 1.15,  # ours at most 15 % worse than the reference
               "settings": {"ours": "configs/model/cgcnn.yaml with the task's finetune config (AdamW, cosine over the budget, EMA)",
                            "cgcnn2": "cgcnn-tr: Adam, lr 0.01, batch 64, no lr schedule, its defaults otherwise"}}
     out = ROOT / args.out

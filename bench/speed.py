@@ -96,6 +96,7 @@ def predictors(model_name: str, batch_size: int) -> dict:
         def run_sevennet(crystals):
             for c in crystals:  # its ASE calculator: one structure a call
                 atoms = c.to_ase()
+                calc.reset()  # an ASE calculator returns its cached results for unchanged atoms
                 atoms.calc = calc
                 atoms.get_forces()
 
