@@ -80,7 +80,6 @@ def split_parameters(mode: int, n_atoms: int, measure: float, accuracy: float, a
 
 def _miller_half_space(recip: np.ndarray, k_max: float) -> np.ndarray:
     """Integer m ≠ 0 with |2π m·recip| < k_max, one of each ±m pair. recip: [d, 3] rows b_i."""
-    d = recip.shape[0]
     # |m_i| = |k·a_i|/2π <= k_max |a_i| / 2π, with a_i the dual rows of recip.
     dual = np.linalg.pinv(recip).T  # [d, 3]
     bound = np.floor(k_max * np.linalg.norm(dual, axis=1) / (2 * math.pi)).astype(int)

@@ -270,6 +270,7 @@ def test_duplicates_within_one_source_on_request(tmp_path):
     grouped = write_shards(records, tmp_path / "grouped", dedup_within_source=True, group_by_prefix=True,
                            progress=False)
     assert [json.loads(line)["key"] for line in open(tmp_path / "grouped" / "duplicates.jsonl")] == ["db:b:1"]
+    assert grouped["counts"]["duplicates"]["within_input"] == 1
 
 
 def test_one_neighbour_search_per_record_serves_validation_edges_and_fingerprint(tmp_path, monkeypatch):
