@@ -1,6 +1,6 @@
 """Early stopping: the Trainer's `on_eval` hook. It follows the monitored validation value, keeps a
 CPU copy of the evaluated weights at the best evaluation, and says stop after `patience`
-evaluations without an improvement larger than `min_delta` (only when enabled: else it just tracks).
+evaluations without an improvement larger than `min_delta`; disabled, it does nothing.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class EarlyStopping:
         return float(sum(errors) / len(errors))
 
     def __call__(self, step: int, metrics: dict[str, Any]) -> bool:
+        if not self.enabled:  # pretraining: nothing to keep (a copy of the weights at every evaluation)
+            return False
         value = self.value(metrics)
         if math.isfinite(value) and value < self.best - self.cfg.min_delta:
             self.best, self.best_step, self.bad = value, step, 0
