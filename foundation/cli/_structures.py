@@ -57,15 +57,6 @@ def formula(numbers: np.ndarray) -> str:
     return Formula.from_list([chemical_symbols[z] for z in numbers]).format("metal")
 
 
-def _report(n_ok: int, rejects: list[tuple[str, Reject]], shown: int = 20) -> None:
-    print(f"read {n_ok + len(rejects)} structure(s): {n_ok} used, {len(rejects)} rejected")
-    for file, reject in rejects[:shown]:
-        print(f"  rejected {file}: {reject.id}: {reject.reason}")
-    if len(rejects) > shown:
-        reasons = Counter(r.reason.split(" (")[0] for _, r in rejects[shown:])
-        print(f"  ... and {len(rejects) - shown} more: " + "; ".join(f"{n}x {r}" for r, n in reasons.most_common(5)))
-
-
 def report(n_ok: int, rejects: list[tuple[str, Reject]], shown: int = 20) -> None:
     print(f"read {n_ok + len(rejects)} structure(s): {n_ok} used, {len(rejects)} rejected")
     for file, reject in rejects[:shown]:
