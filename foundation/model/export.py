@@ -44,10 +44,13 @@ class ExportError(ValueError):
 
 
 def _head_metadata(model: FoundationModel) -> tuple[dict, dict]:
-    """The JSON copy of the model's TaskStats: {task: [mean, std]}, {task: {"Z": ref}} (non-zero)."""
-    stats = model.task_stats()
-    normalization = {name: [list(s.mean), list(s.std)] for name, s in stats.items()}
-    element_refs = {name: {str(z): v for z, v in s.element_refs.items()} for name, s in stats.items() if s.element_refs}
+    normalization, element_refs = {}, {}
+    for name, head in model.heads.items():
+        if head.spec.kind == "regression":
+            normalization[name] = [head.mean.tolist(), head.std.tolist()]
+        refs = {str(z): float(v) for z, v in enumerate(head.element_ref.tolist()) if v != 0.0}
+        if refs:
+            element_refs[name] = refs
     return normalization, element_refs
 
 
