@@ -39,7 +39,7 @@ TASKS = {
 }
 # model -> the arguments that choose it (None: the pretrained checkpoint, given on the command line)
 MODELS = {
-    "ours": ["--model", "configs/model/tiny.yaml"],
+    "ours": ["--model", "configs/model/small.yaml"],  # the default encoder, from scratch
     "ours_pretrained": None,
     "cgcnn": ["--model", "configs/model/cgcnn.yaml"],
     "schnet": ["--model", "configs/model/schnet.yaml"],

@@ -183,7 +183,7 @@ def training_processes(model_name: str, budget: str, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="configs/model/<name>.yaml of ours")
+    parser.add_argument("--model", default="small", help="configs/model/<name>.yaml of ours (default: the default encoder)")
     parser.add_argument("--structures", type=int, default=200, help="mp2018 structures for inference")
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 64, 216, 512, 1000, 2048])
     parser.add_argument("--threads", type=int, default=2)

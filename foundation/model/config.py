@@ -53,6 +53,7 @@ class ModelConfig:
     n_layers: int = 3  # interaction blocks
     radial_hidden: tuple[int, ...] = (64,)  # hidden widths of each block's radial MLP
     avg_num_neighbors: float = 20.0  # neighbour sums are divided by its square root
+    context: bool = False  # every block mixes each atom's scalars with its structure's mean (interaction.py)
     ewald_every: int = 0  # a LatentEwald block after every k-th interaction block; 0 = none
     ewald_hidden: int = 16  # width of the LatentEwald charge and feedback MLPs
     ewald_accuracy: float = 1e-4  # relative truncation error of the Ewald sums

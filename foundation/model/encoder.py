@@ -111,7 +111,7 @@ class Encoder(nn.Module):
             block = InteractionBlock(
                 irreps, reachable_irreps(irreps, self.irreps_sh, hidden), self.irreps_sh,
                 config.n_basis, config.radial_hidden,
-                config.avg_num_neighbors,
+                config.avg_num_neighbors, context=config.context,
             )
             check_irreps(irreps, block.irreps_in, f"interaction block {layer} input")
             self.blocks.append(block)
@@ -141,7 +141,7 @@ class Encoder(nn.Module):
         h = self.embedding(numbers).to(pos.dtype)  # [n_atoms, F] 0e
         ewald_energy = None
         for layer, block in enumerate(self.blocks):
-            h = block(h, edge_sh, edge_radial, batch.edge_index)  # [n_atoms, hidden]
+            h = block(h, edge_sh, edge_radial, batch.edge_index, batch.batch, n_graphs)  # [n_atoms, hidden]
             if str(layer) in self.ewald:
                 h, energy = self.ewald[str(layer)](h, pos, batch.cell, batch.pbc, batch.batch, n_graphs)
                 ewald_energy = energy if ewald_energy is None else ewald_energy + energy  # [n_graphs] eV

@@ -6,6 +6,13 @@ One block maps node features h (irreps_in) to new features (irreps_out):
     m_ij     = TP(x_j ⊗ Y(r̂_ij); w = MLP(radial(|r_ij|)))          # [n_edges, irreps_mid]
     a_i      = Σ_j m_ij / sqrt(avg_num_neighbors)                   # [n_atoms, irreps_mid]
     h'_i     = Gate(Linear(a_i)) + SelfConnection(h_i)              # [n_atoms, irreps_out]
+    s'_i     = s_i + SiLU(W [s_i, mean_{k in graph(i)} s_k])         # optional structure context
+
+The optional structure context (`context=True`) mixes each atom's scalars s (the 0e channels of
+h') with their mean over its structure, as the composition baseline does: a cheap, nonlinear
+path from the whole composition to every atom that message passing within the cutoff would need
+many blocks to build. The mean is over a structure's atoms, so it is the same for a supercell, and
+it is invariant, so equivariance is untouched.
 
 The tensor product is "uvu" (each input channel keeps its own weight per path), its weights are
 per edge from a radial MLP with no biases, so a zero radial embedding (r ≥ r_c) gives a zero
@@ -91,6 +98,7 @@ class InteractionBlock(nn.Module):
         n_basis: width of the radial embedding.
         radial_hidden: hidden widths of the radial MLP.
         avg_num_neighbors: the sum over neighbours is divided by its square root.
+        context: add the structure-context update of the output scalars (needs `graph`).
 
     forward(node_feats [n_atoms, irreps_in.dim], edge_sh [n_edges, irreps_sh.dim],
     edge_radial [n_edges, n_basis], edge_index [2, n_edges]) -> [n_atoms, irreps_out.dim].
@@ -105,6 +113,7 @@ class InteractionBlock(nn.Module):
         n_basis: int,
         radial_hidden: tuple[int, ...] = (64,),
         avg_num_neighbors: float = 1.0,
+        context: bool = False,
     ):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -127,8 +136,15 @@ class InteractionBlock(nn.Module):
         self.self_connection = o3.Linear(self.irreps_in, self.irreps_out)
         check_irreps(self.linear_out.irreps_out, self.gate.irreps_in, "InteractionBlock gate input")
         check_irreps(self.self_connection.irreps_out, self.irreps_out, "InteractionBlock self-connection")
+        self.n_scalars = self.irreps_out.count("0e")  # the 0e channels lead the normalised order
+        self.context = None
+        if context:
+            if self.irreps_out[0].ir != o3.Irrep("0e"):
+                raise ValueError(f"structure context needs 0e channels first in {self.irreps_out}")
+            self.context = nn.Sequential(nn.Linear(2 * self.n_scalars, self.n_scalars), nn.SiLU())
 
-    def forward(self, node_feats, edge_sh, edge_radial, edge_index) -> torch.Tensor:
+    def forward(self, node_feats, edge_sh, edge_radial, edge_index, graph=None, n_graphs: int = 0) -> torch.Tensor:
+        """`graph` [n_atoms] (each atom's structure) and `n_graphs`: needed with the structure context."""
         if node_feats.shape[-1] != self.irreps_in.dim:
             raise ValueError(
                 f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.irreps_in.dim} "
@@ -140,5 +156,14 @@ class InteractionBlock(nn.Module):
         messages = self.tp(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
         agg = messages.new_zeros(node_feats.shape[0], messages.shape[1])
         agg = agg.index_add_(0, receiver, messages) * self.norm  # [n_atoms, irreps_mid]
-        out = self.gate(self.linear_out(agg))  # [n_atoms, irreps_out]
-        return out + self.self_connection(node_feats)  # [n_atoms, irreps_out]
+        out = self.gate(self.linear_out(agg)) + self.self_connection(node_feats)  # [n_atoms, irreps_out]
+        if self.context is None:
+            return out
+        if graph is None:
+            raise ValueError("InteractionBlock with context=True needs graph and n_graphs")
+        scalars = out[:, : self.n_scalars]  # [n_atoms, F] 0e
+        total = scalars.new_zeros(n_graphs, self.n_scalars).index_add_(0, graph, scalars)
+        count = scalars.new_zeros(n_graphs).index_add_(0, graph, scalars.new_ones(scalars.shape[0]))
+        mean = (total / count.clamp(min=1).unsqueeze(-1)).index_select(0, graph)  # [n_atoms, F]
+        scalars = scalars + self.context(torch.cat([scalars, mean], dim=-1))
+        return torch.cat([scalars, out[:, self.n_scalars:]], dim=-1)

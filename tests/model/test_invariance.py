@@ -2,7 +2,7 @@
 inversion), translation, permutation, periodic images and the choice of lattice basis; intensive
 outputs equal and extensive ones 8x for a 2x2x2 supercell; forces rotate with the structure,
 follow permutations and equal finite differences of the energy. Real Materials Project cells,
-also cut into a slab (pbc T,T,F) and a cluster (no pbc); the model includes latent Ewald blocks."""
+also cut into a slab (pbc T,T,F) and a cluster (no pbc); the model includes latent Ewald blocks and the structure-context update."""
 
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
 CONFIG = ModelConfig(
     cutoff=4.0, n_basis=6, lmax=2, hidden_irreps="8x0e + 2x0o + 4x1o + 2x1e + 2x2e", n_layers=2,
     radial_hidden=(8,), avg_num_neighbors=20.0, ewald_every=1, ewald_hidden=8,
-    ewald_accuracy=1e-12, head_hidden=8,
+    ewald_accuracy=1e-12, head_hidden=8, context=True,
 )
 TASKS = [
     TaskSpec.for_target("energy"),
