@@ -29,9 +29,12 @@ def commands(quick: bool, out: Path) -> list[list[str]]:
             ["bench/accuracy.py", "--quick", "--nproc", "1", "--models", "ours", "cgcnn", "schnet", "composition",
              "--work", str(out / "accuracy_runs"), "--out", str(out / "accuracy.json")],
             ["bench/speed.py", "--quick", "--out", str(out / "speed.json")],
+            ["bench/encoder_search.py", "--only", "small", "--budget", "8s", "--nproc", "1", "--work",
+             str(out / "encoder_search_runs"), "--out", str(out / "encoder_search.json"), "--extra", "data.limit=400",
+             "eval.every=10", "eval.max_batches=4"],
         ]
     return [["bench/data.py"], ["bench/model.py"], ["bench/pretrain.py"], ["bench/finetune.py"], ["bench/accuracy.py"],
-            ["bench/speed.py"], ["bench/cgcnn_check.py"]]
+            ["bench/speed.py"], ["bench/cgcnn_check.py"], ["bench/encoder_search.py"]]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,5 +27,7 @@ def test_every_benchmark_runs_on_a_small_slice(tmp_path):
     assert json.loads((tmp_path / "data.json").read_text()) and json.loads((tmp_path / "model.json").read_text())
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["inference"]["ours (small)"]["atoms_per_s"] > 0 and sum(speed["step_profile"]["share"].values()) > 0.99
+    search = json.loads((tmp_path / "encoder_search.json").read_text())["candidates"]["small"]
+    assert search["val_mae"] > 0 and search["steps"] > 0
     for peer in ("CHGNet 0.4", "SevenNet-0"):  # measured when the bench extra is installed, else said so
         assert peer in speed["inference"] or speed["missing"][peer].startswith("not installed")

@@ -1,0 +1,88 @@
+"""The search that chose the default encoder (`configs/model/small.yaml`): candidate model configs
+trained from scratch on mp2018 formation energy at one equal wall-clock budget each, 2 processes,
+the task config's settings, scored on the VALIDATION split only (the test split is left to
+`accuracy.py`, scored once for the chosen config). Writes bench/results/encoder_search.json.
+
+    python bench/encoder_search.py                       # every candidate, 4 minutes each (~35 min)
+    python bench/encoder_search.py --only small --budget 2m
+
+Each candidate changes one or two levers of issue 12 against its neighbour in the list: the cutoff
+(edges per atom), depth, l = 1 vector channels against scalars only, and the structure-context
+update (`context`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from _common import ROOT, machine, run_finetune
+
+COMMON = {"n_basis": 8, "cutoff_p": 6, "head_hidden": 64, "max_atomic_number": 118}
+# name -> model config (everything else: configs/finetune/formation_energy.yaml)
+CANDIDATES = {
+    "64x0e+16x1o, 3 blocks, 5 A": dict(hidden_irreps="64x0e + 16x1o", lmax=1, n_layers=3, radial_hidden=[64],
+                                      cutoff=5.0, avg_num_neighbors=33.0),
+    "64x0e+16x1o, 3 blocks, 4 A": dict(hidden_irreps="64x0e + 16x1o", lmax=1, n_layers=3, radial_hidden=[64],
+                                      cutoff=4.0, avg_num_neighbors=17.0),
+    "64x0e+16x1o, 2 blocks, 4 A": dict(hidden_irreps="64x0e + 16x1o", lmax=1, n_layers=2, radial_hidden=[32],
+                                      cutoff=4.0, avg_num_neighbors=17.0),
+    "128x0e, 3 blocks, 4 A": dict(hidden_irreps="128x0e", lmax=0, n_layers=3, radial_hidden=[32], cutoff=4.0,
+                                  avg_num_neighbors=17.0),
+    "128x0e, 3 blocks, 4 A, context": dict(hidden_irreps="128x0e", lmax=0, n_layers=3, radial_hidden=[32],
+                                           cutoff=4.0, avg_num_neighbors=17.0, context=True),
+    "small": "configs/model/small.yaml",  # 64x0e+16x1o, 2 blocks, 4 A, context
+    "128x0e+8x1o, 3 blocks, 4 A, context": dict(hidden_irreps="128x0e + 8x1o", lmax=1, n_layers=3,
+                                                radial_hidden=[32], cutoff=4.0, avg_num_neighbors=17.0,
+                                                context=True),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default="4m")
+    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="a subset of the candidates")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--work", default="work/bench_encoder_search")
+    parser.add_argument("--out", default="bench/results/encoder_search.json")
+    parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every run (e.g. data.limit=400)")
+    args = parser.parse_args(argv)
+    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "budget": args.budget, "processes": args.nproc, "task": "mp2018 formation_energy (eV/atom)",
+               "note": "validation-split MAE only: the selection split", "candidates": {}}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(args.only or CANDIDATES):
+            spec = CANDIDATES[name]
+            if isinstance(spec, str):
+                model = str(ROOT / spec)
+            else:
+                model = str(Path(tmp) / f"candidate{i}.yaml")
+                Path(model).write_text(yaml.safe_dump({**COMMON, **spec}))
+            print(f"[{time.perf_counter() - start:6.0f} s] {name}, {args.budget}", flush=True)
+            summary = run_finetune(["--config", "configs/finetune/formation_energy.yaml", "--model", model,
+                                    f"max_time={args.budget}", "max_steps=null", "epochs=null",
+                                    "early_stopping.patience=1000000", *args.extra],
+                                   ROOT / args.work / f"candidate{i}", args.nproc)
+            val = summary["validation"]["formation_energy"]
+            results["candidates"][name] = {"model": spec, "val_mae": val["mae"], "steps": summary["steps"],
+                                           "atoms_per_s": round(summary["training"]["atoms_per_s"], 1)}
+    results["total_seconds"] = round(time.perf_counter() - start, 1)
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"{'candidate':<42}{'val MAE':>10}{'steps':>8}{'atoms/s':>10}")
+    for name, row in results["candidates"].items():
+        print(f"{name:<42}{row['val_mae']:>10.4f}{row['steps']:>8}{row['atoms_per_s']:>10.0f}")
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
