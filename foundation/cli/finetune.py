@@ -3,7 +3,7 @@ readable file; the same run as `launch/finetune.py`.
 
     foundation finetune --checkpoint runs/sample/export --data perov5_val.csv --target heat_all
     foundation finetune --config configs/finetune/band_gap.yaml --freeze first:1 --lr-decay 0.5
-    foundation finetune --data perov5_val.csv --target heat_all --model configs/model/tiny.yaml
+    foundation finetune --data perov5_val.csv --target heat_all --model configs/model/small.yaml
     torchrun --nproc_per_node 2 launch/finetune.py --config configs/finetune/dcdft.yaml
 
 Flags override the YAML; `key.path=value` overrides override both.

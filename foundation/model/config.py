@@ -1,6 +1,6 @@
 """`ModelConfig`: every architecture choice of the encoder and heads, as one frozen dataclass.
 
-Load from YAML with `foundation.config.from_dict(ModelConfig, load_yaml("configs/model/tiny.yaml"))`.
+Load from YAML with `foundation.config.from_dict(ModelConfig, load_yaml("configs/model/small.yaml"))`.
 The config carries no dtype or device: a model is built in the `dtype` its constructor is given
 (torch's default otherwise) and moved with `.to(device, dtype)`, so the same config serves
 float64 tests and bf16 GPU training.

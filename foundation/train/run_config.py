@@ -32,7 +32,7 @@ __all__ = ["TaskConfig", "RunConfig", "RECIPES", "RECIPE_DEFAULTS", "load_config
 
 RECIPES = ("pretrain", "finetune")
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pretrain": {"run_dir": "runs/pretrain", "model": "configs/model/tiny.yaml", "loss": "uncertainty"},
+    "pretrain": {"run_dir": "runs/pretrain", "model": "configs/model/small.yaml", "loss": "uncertainty"},
     "finetune": {
         "run_dir": "runs/finetune", "checkpoint": "runs/sample/export", "loss": "fixed", "final_eval": True,
         "loader": {"max_atoms": 256},  # smaller batches than pretraining: more steps on small data
