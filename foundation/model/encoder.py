@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.graph import Batch
 from ..nn.ewald import LatentEwald
+from ..nn.pooling import mean_pool
 from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps, reachable_irreps
 from ..nn.radial import RadialEmbedding
 from .config import ModelConfig, building_dtype
@@ -28,13 +29,6 @@ def edge_vectors(batch: Batch, positions: torch.Tensor | None = None) -> torch.T
     cell = batch.cell.index_select(0, batch.batch.index_select(0, receiver))  # [n_edges, 3, 3] Å
     shift = torch.einsum("ek,ekx->ex", batch.edge_shift.to(pos.dtype), cell)  # [n_edges, 3] Å
     return pos.index_select(0, sender) - pos.index_select(0, receiver) + shift
-
-
-def mean_pool(values: torch.Tensor, batch: torch.Tensor, n_graphs: int) -> torch.Tensor:
-    """Per-graph mean of per-atom rows: [n_atoms, F] -> [n_graphs, F]."""
-    total = values.new_zeros((n_graphs,) + values.shape[1:]).index_add_(0, batch, values)
-    count = values.new_zeros(n_graphs).index_add_(0, batch, values.new_ones(values.shape[0]))
-    return total / count.clamp(min=1).reshape((n_graphs,) + (1,) * (values.dim() - 1))
 
 
 def nearest_edges(receiver: torch.Tensor, length: torch.Tensor, k: int) -> torch.Tensor:

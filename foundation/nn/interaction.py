@@ -27,6 +27,8 @@ from e3nn import nn as enn
 from e3nn import o3
 from torch import nn
 
+from .pooling import mean_pool
+
 __all__ = ["InteractionBlock", "gate_for", "check_irreps", "normalize_irreps", "reachable_irreps"]
 
 
@@ -162,8 +164,6 @@ class InteractionBlock(nn.Module):
         if graph is None:
             raise ValueError("InteractionBlock with context=True needs graph and n_graphs")
         scalars = out[:, : self.n_scalars]  # [n_atoms, F] 0e
-        total = scalars.new_zeros(n_graphs, self.n_scalars).index_add_(0, graph, scalars)
-        count = scalars.new_zeros(n_graphs).index_add_(0, graph, scalars.new_ones(scalars.shape[0]))
-        mean = (total / count.clamp(min=1).unsqueeze(-1)).index_select(0, graph)  # [n_atoms, F]
+        mean = mean_pool(scalars, graph, n_graphs).index_select(0, graph)  # [n_atoms, F]
         scalars = scalars + self.context(torch.cat([scalars, mean], dim=-1))
         return torch.cat([scalars, out[:, self.n_scalars:]], dim=-1)
