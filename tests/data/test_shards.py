@@ -158,6 +158,37 @@ def test_element_references_and_per_atom_statistics_recover_synthetic_truth(tmp_
     assert set(normalization) == {"e"} and set(element_refs) == {"e"}  # f: from e; ef: no data
 
 
+def test_element_references_of_few_noisy_records_are_shrunk_by_the_held_out_ridge(tmp_path):
+    """Fewer train records than elements with large label noise (the MP sample's case): an
+    unregularised solve gives references far off; the ridge chosen on the val split keeps every
+    reference near the truth, and its held-out error is below the unregularised one's."""
+    from foundation.data.shards.statistics import _dense, _held_out_error, solve_references
+
+    rng = np.random.default_rng(4)
+    truth = {z: float(rng.uniform(-9, -2)) for z in range(3, 43)}  # 40 elements
+    zs = list(truth)
+    records = []
+    for i in range(60):
+        numbers = rng.choice(zs, int(rng.integers(2, 5)))
+        positions = np.stack(np.meshgrid(*[np.arange(2)] * 3), -1).reshape(-1, 3)[:len(numbers)] * 2.5
+        e = float(np.mean([truth[int(z)] for z in numbers]) + rng.normal(0, 0.5))
+        records.append(crystal(numbers, positions, cell=5.0, key=f"r{i}", formation_energy_per_atom=e))
+    manifest = write_shards(records, tmp_path, fractions=(0.5, 0.5, 0.0), progress=False, dedup=False)
+    fit = manifest["element_reference_fits"]["formation_energy_per_atom"]
+    assert fit["chosen_on"] == "val" and fit["ridge"] > 1e-6 and fit["held_out_records"] > 15
+    train = manifest["label_sums"]["systems"]["formation_energy_per_atom"]
+    held = _dense(manifest["label_sums_val"]["systems"]["formation_energy_per_atom"])
+    chosen = solve_references(train, "formation_energy_per_atom", manifest["label_sums_val"]["systems"]["formation_energy_per_atom"])
+    bare = solve_references({**train, "n": 10**6}, "formation_energy_per_atom")  # enough records: ridge 1e-8
+    as_dense = [np.bincount(list(r), weights=list(r.values()), minlength=119) for r in (chosen, bare)]
+    assert _held_out_error(as_dense[0], held) < _held_out_error(as_dense[1], held)
+    spread = max(truth.values()) - min(truth.values())
+    assert max(abs(v - truth[z]) for z, v in chosen.items()) < spread  # within the physical range
+    assert max(abs(v - truth[z]) for z, v in bare.items()) > spread  # the unregularised solve is not
+    _, element_refs = dataset_statistics({"few": tmp_path})
+    assert element_refs["formation_energy_per_atom"] == pytest.approx(chosen)
+
+
 def test_statistics_of_two_directories_combine_exactly(tmp_path):
     rng = np.random.default_rng(2)
     records = [crystal(rng.choice([1, 8], 3), [[0, 0, 0], [1.5, 0, 0], [0, 1.5, 0]], key=str(i),

@@ -207,6 +207,7 @@ class _Run:
         self.writers = {s: _SplitWriter(out, s, opts.shard_size, shard_bytes) for s in SPLITS}
         self.index, self.origin = _reference_index(opts.dedup_against) if opts.dedup else (None, {})
         self.stats, self.elements, self.dropped_labels, self.counts = LabelAccumulator(), Counter(), Counter(), Counter()
+        self.holdout = LabelAccumulator()  # the val split's sums: choose the reference ridge on held-out records
         self.duplicates: list[dict[str, Any]] = []
         self.rng = random.Random(opts.split.seed)
         self.buffer: list[tuple[str, Crystal, list[int]]] = []
@@ -264,6 +265,8 @@ class _Run:
             if name == "train":
                 self.stats.add(crystal)
                 self.elements.update(crystal.numbers.tolist())
+            elif name == "val":
+                self.holdout.add(crystal)
 
 
 def write_shards(records: Iterable[Crystal | Reject], out_dir: str | Path, options: ShardOptions | None = None,
@@ -327,8 +330,8 @@ def _manifest(out: Path, run: _Run, shards: dict[str, list[dict[str, Any]]]) -> 
             arrays[f"{name}/n_atoms"] = np.asarray(s["n_atoms"], dtype=np.int32)
             arrays[f"{name}/n_edges"] = np.asarray(s["n_edges"], dtype=np.int64).reshape(-1, len(edge_cutoffs))
     np.savez(out / "sizes.npz", **arrays)
-    state = run.stats.state()
-    summary = summarize(state) if state["moments"] else {"targets": {}, "element_references": {}, "residuals": {}}
+    state, holdout = run.stats.state(), run.holdout.state()
+    summary = summarize(state, holdout) if state["moments"] else {"targets": {}, "element_references": {}, "residuals": {}}
     dup_counts = {"within_input": counts["duplicates_within_input"],
                   "against": {d: counts[f"duplicates_against:{d}"] for d in map(str, opts.dedup_against)},
                   "across_splits": sum(1 for d in duplicates if d["split_of_original"] not in ("", d["split"])),
@@ -354,6 +357,7 @@ def _manifest(out: Path, run: _Run, shards: dict[str, list[dict[str, Any]]]) -> 
         "elements": {str(z): n for z, n in sorted(run.elements.items())},
         **summary,
         "label_sums": state,
+        "label_sums_val": holdout,
         "rejects": "rejects.jsonl",
     }
 
