@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, r2_score, roc_auc_score
 
-__all__ = ["labelled_pairs", "regression_metrics", "classification_metrics", "label_mask", "flat_scalars", "summary_table",
+__all__ = ["labelled_pairs", "regression_metrics", "classification_metrics", "label_mask", "flat_scalars", "summary_table", "head_verdict",
            "eval_log_line", "metrics_table"]
 
 
@@ -92,21 +92,36 @@ def flat_scalars(metrics: dict[str, dict[str, dict[str, float]]]) -> dict[str, f
     }
 
 
+def head_verdict(value: float, mean: float | None, initial: float | None, higher_is_better: bool = False) -> str:
+    """"learns" when a head's final value beats both the mean predictor and its initial value;
+    otherwise which bar it misses ("" when neither bar is known)."""
+    better = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
+    misses = [name for name, bar in (("mean", mean), ("initial", initial)) if bar is not None and not better(value, bar)]
+    if mean is None and initial is None:
+        return ""
+    return "learns" if not misses else "NOT: " + ", ".join(f"no better than {m}" for m in misses)
+
+
 def summary_table(metrics: dict[str, dict[str, dict[str, float]]], units: dict[str, str],
                   initial: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
-    """A fixed-width table: dataset, task, metric, value, unit, n (and the initial value, if given)."""
-    header = ("dataset", "task", "metric", "value", "unit", "n") + (("initial",) if initial else ())
+    """A fixed-width table: dataset, task, metric, value, unit, n, the mean predictor's value (where
+    known), the initial value (if given) and the verdict: a head "learns" when it beats both."""
+    header = ("dataset", "task", "metric", "value", "unit", "n", "mean pred.") + (("initial",) if initial else ()) + ("verdict",)
     rows = [header]
     for d, tasks in metrics.items():
         for t, ms in tasks.items():
             for m, v in ms.items():
-                if m in ("n", "rmse"):
+                if m in ("n", "rmse", "mean_mae"):
                     continue
                 unit = "" if m == "roc_auc" else units.get(t, "")
-                row = (d, t, m.upper() if m == "mae" else "ROC-AUC", f"{v:.4g}", unit, str(int(ms["n"])))
+                mean = 0.5 if m == "roc_auc" else ms.get("mean_mae")
+                row = (d, t, m.upper() if m == "mae" else "ROC-AUC", f"{v:.4g}", unit, str(int(ms["n"])),
+                       "" if mean is None else f"{mean:.4g}")
+                before = None
                 if initial:
                     before = initial.get(d, {}).get(t, {}).get(m)
                     row += ("" if before is None else f"{before:.4g}",)
+                row += (head_verdict(v, mean, before, higher_is_better=m == "roc_auc"),)
                 rows.append(row)
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]

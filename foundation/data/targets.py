@@ -24,6 +24,8 @@ class TargetInfo:
 
 _ALL = [
     TargetInfo("energy", "eV", "structure", "regression", True, "total DFT energy of the cell"),
+    TargetInfo("energy_total", "eV", "structure", "regression", True,
+               "total DFT energy of the cell, kept where `energy` is referenced per system"),
     TargetInfo("energy_per_atom", "eV/atom", "structure", "regression", False, "total energy per atom"),
     TargetInfo("formation_energy_per_atom", "eV/atom", "structure", "regression", False,
                "formation energy per atom"),

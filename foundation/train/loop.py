@@ -25,7 +25,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import save_checkpoint
-from ..metrics import eval_log_line, flat_scalars, summary_table
+from ..metrics import eval_log_line, flat_scalars, head_verdict, summary_table
 from .config import CheckpointConfig, EvalConfig, LogConfig, OptimizerConfig, ScheduleConfig
 from .distributed import DistInfo, all_reduce
 from .ema import EMA
@@ -112,6 +112,7 @@ class Trainer:
         zero_stage: int = 0,
         on_eval: Callable[[int, dict[str, Any]], bool] | None = None,
         desc: str = "pretrain",
+        baselines: dict[str, tuple[float, bool]] | None = None,
     ):
         self.engine, self.ema, self.stream, self.val_splits = engine, ema, stream, val_splits
         self.tasks, self.info, self.run_dir, self.s = tasks, info, Path(run_dir), settings
@@ -119,6 +120,7 @@ class Trainer:
         # Called with (step, metrics) after every scheduled evaluation; True stops the run there
         # (early stopping). The metrics are reduced over ranks, so every rank decides alike.
         self.on_eval, self.desc = on_eval, desc
+        self.baselines = baselines  # {task: mean predictor}: its MAE is scored beside every head's
         self.state = TrainState()
         self.units = {t.name: t.unit for t in tasks}
         self._logs: dict[str, list[float]] = defaultdict(list)
@@ -180,7 +182,7 @@ class Trainer:
         needs_grad = any(getattr(t, "forces_of", None) for t in self.tasks)
         with torch.set_grad_enabled(needs_grad):
             metrics = evaluate(module.model, self.val_splits, self.tasks, self.info, self.prepare,
-                               self.s.eval.max_batches, collective)
+                               self.s.eval.max_batches, collective, self.baselines)
         module.train(was_training)
         self.last_metrics = metrics
         if self.info.is_main:
@@ -275,6 +277,16 @@ class Trainer:
             self.checkpoint()
         return self.summary()
 
+    def _task_weights(self) -> dict[str, float]:
+        """{task: its loss weight} (uncertainty: exp(−s_t), learned): a head the weighting starved
+        shows as a weight far below the others'."""
+        loss = getattr(self.engine.module, "loss", None)
+        if loss is None or not hasattr(loss, "weights"):
+            return {}
+        with gathered(self.engine, enabled=self.zero_stage == 3):
+            weights = loss.weights().detach().float().cpu().tolist()
+        return {t.name: w for t, w in zip(loss.tasks, weights)}
+
     def summary(self) -> dict[str, Any]:
         """Collective (peak memory is reduced over ranks). Rank 0 writes summary.json and the table."""
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
@@ -297,10 +309,26 @@ class Trainer:
             "peak_cuda_mib_per_rank": float(peak[1]),
             "validation": self.last_metrics,
             "initial_validation": self.initial_metrics,
+            "heads": head_verdicts(self.last_metrics, self.initial_metrics),
+            "task_weights": self._task_weights(),
         }
         if self.info.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(out, indent=1))
             log.info("final validation metrics (%s weights):\n%s",
                      "EMA" if self.ema is not None and self.s.eval.use_ema else "raw",
                      summary_table(self.last_metrics, self.units, self.initial_metrics))
+            if out["task_weights"]:
+                log.info("loss weights per task (uncertainty: exp(-s_t), learned): %s",
+                         ", ".join(f"{k} {v:.3g}" for k, v in out["task_weights"].items()))
         return out
+
+
+def head_verdicts(metrics: dict[str, Any], initial: dict[str, Any]) -> dict[str, str]:
+    """{"dataset/task": verdict} (`metrics.head_verdict`): which heads learned, which did not."""
+    out = {}
+    for d, tasks in metrics.items():
+        for t, ms in tasks.items():
+            key = "roc_auc" if "roc_auc" in ms else "mae"
+            mean = 0.5 if key == "roc_auc" else ms.get("mean_mae")
+            out[f"{d}/{t}"] = head_verdict(ms[key], mean, initial.get(d, {}).get(t, {}).get(key), key == "roc_auc")
+    return out

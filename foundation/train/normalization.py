@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..data.shards import dataset_statistics
+from ..data.shards import dataset_statistics, read_manifest
+from ..data.shards.statistics import combine
 from ..model.tasks import TaskSpec, TaskStats
 
-__all__ = ["task_statistics"]
+__all__ = ["task_statistics", "mean_predictors"]
 
 
 def task_statistics(tasks: list[TaskSpec], shard_dirs: Mapping[str, str]) -> dict[str, TaskStats]:
@@ -31,3 +32,28 @@ def task_statistics(tasks: list[TaskSpec], shard_dirs: Mapping[str, str]) -> dic
             normalization[task.forces_of] = (mean, force_stats[task.target][1])
     return {name: TaskStats((mean,), (std,), element_refs.get(name, {}))
             for name, (mean, std) in normalization.items()}
+
+
+def mean_predictors(tasks: list[TaskSpec], shard_dirs: Mapping[str, str]) -> dict[str, tuple[float, bool]]:
+    """{task: (value, per_atom)}: the mean predictor every head is judged against, from the train
+    splits of the task's datasets. An intensive label: its train mean; an extensive one (a total
+    energy): the mean per-atom label times the structure's atoms (stronger than one constant for
+    cells of 2 to 200 atoms); an atom-level label (forces): 0 per component. Classification tasks
+    have none (ROC-AUC 0.5 is the chance level)."""
+    manifests = {n: read_manifest(d) for n, d in shard_dirs.items()}
+    out: dict[str, tuple[float, bool]] = {}
+    for task in tasks:
+        if task.kind != "regression":
+            continue
+        if task.level == "atom" or task.forces_of is not None:
+            out[task.name] = (0.0, False)
+            continue
+        state = combine([m["label_sums"] for n, m in manifests.items() if task.uses(n) and "label_sums" in m])
+        moments, system = state["moments"].get(task.target), state["systems"].get(task.target)
+        if not moments or moments[0] == 0:
+            continue
+        if task.extensive and system is not None and system["n"]:
+            out[task.name] = (system["sum_z"] / system["n"], True)
+        else:
+            out[task.name] = (moments[1] / moments[0], False)
+    return out

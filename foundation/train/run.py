@@ -33,7 +33,7 @@ from .early_stopping import EarlyStopping
 from .ema import EMA
 from .engine import build_engine, compute_dtype, gathered
 from .loop import LoopSettings, Trainer
-from .normalization import task_statistics
+from .normalization import mean_predictors, task_statistics
 from .resolve import Resolved
 from .rng import seed_everything
 from .validation import split_metrics
@@ -79,7 +79,8 @@ def _trainer(res: Resolved, engine, ema, dirs: dict[str, str], info: DistInfo, o
     dtype = compute_dtype(engine)
     return Trainer(engine, ema, stream, make_val_splits(res.loader, dirs, info), res.tasks, info, cfg.run_dir,
                    settings, lambda b: b.to(info.device, dtype), writer=writer,
-                   zero_stage=cfg.distributed.zero_stage, on_eval=on_eval, desc=cfg.recipe)
+                   zero_stage=cfg.distributed.zero_stage, on_eval=on_eval, desc=cfg.recipe,
+                   baselines=mean_predictors(res.tasks, dirs))
 
 
 def _engine(res: Resolved, objective, info: DistInfo):

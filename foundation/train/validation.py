@@ -27,13 +27,16 @@ __all__ = ["MetricAccumulator", "evaluate", "split_metrics"]
 class MetricAccumulator:
     """Sums |error|, error² and counts per (dataset, task) for regression; keeps (score, label)
     pairs for classification. `tasks` need `.name`, `.target`, `.kind`, `.unit` (`.datasets` and
-    `.level` are honoured when present: a task restricted to other datasets is not scored)."""
+    `.level` are honoured when present: a task restricted to other datasets is not scored).
+    `baselines` ({task: (value, per_atom)}, `normalization.mean_predictors`): the mean predictor's
+    MAE is kept beside each regression task's (`mean_mae`), the bar a head must clear."""
 
-    def __init__(self, datasets: list[str], tasks: list[Any]):
+    def __init__(self, datasets: list[str], tasks: list[Any], baselines: dict[str, tuple[float, bool]] | None = None):
         self.datasets = list(datasets)
         self.tasks = list(tasks)
+        self.baselines = dict(baselines or {})
         n = len(self.datasets) * len(self.tasks)
-        self._sums = torch.zeros(n, 3, dtype=torch.float64)  # [pairs, (abs, sq, count)]
+        self._sums = torch.zeros(n, 4, dtype=torch.float64)  # [pairs, (abs, sq, count, mean predictor's abs)]
         self._pairs: dict[int, list[torch.Tensor]] = {}
 
     def _index(self, dataset: str, t: int) -> int:
@@ -56,7 +59,19 @@ class MetricAccumulator:
                 self._pairs.setdefault(i, []).append(torch.stack([pred.reshape(-1), true.reshape(-1)], 1))
             else:
                 err = (pred.reshape(true.shape) - true).reshape(-1)
-                self._sums[i] += torch.stack([err.abs().sum(), (err**2).sum(), torch.tensor(err.numel(), dtype=torch.float64)])
+                base = self._baseline_abs(task, batch, mask, true)
+                self._sums[i] += torch.stack([err.abs().sum(), (err**2).sum(),
+                                              torch.tensor(err.numel(), dtype=torch.float64), base])
+
+    def _baseline_abs(self, task, batch, mask: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        """Σ |mean predictor − label| over the masked labels (NaN without a baseline)."""
+        if task.name not in self.baselines:
+            return torch.tensor(math.nan, dtype=torch.float64)
+        value, per_atom = self.baselines[task.name]
+        base = torch.full_like(true, value)
+        if per_atom:
+            base = base * batch.n_atoms[mask].to(torch.float64).cpu().reshape(true.shape)
+        return (base - true).abs().sum()
 
     def reduce(self, info: DistInfo) -> dict[str, dict[str, dict[str, float]]]:
         """Collective. {dataset: {task: {"mae", "rmse", "n"} or {"roc_auc", "n"}}}; tasks with no
@@ -76,9 +91,10 @@ class MetricAccumulator:
                     out.setdefault(dataset, {})[task.name] = {"roc_auc": auc, "n": float(len(rows))}
                 elif sums[i, 2] > 0:
                     n = float(sums[i, 2])
-                    out.setdefault(dataset, {})[task.name] = {
-                        "mae": float(sums[i, 0]) / n, "rmse": math.sqrt(float(sums[i, 1]) / n), "n": n,
-                    }
+                    row = {"mae": float(sums[i, 0]) / n, "rmse": math.sqrt(float(sums[i, 1]) / n), "n": n}
+                    if math.isfinite(float(sums[i, 3])):
+                        row["mean_mae"] = float(sums[i, 3]) / n
+                    out.setdefault(dataset, {})[task.name] = row
         return out
 
 
@@ -90,13 +106,14 @@ def evaluate(
     prepare: Callable[[Any], Any],
     max_batches: int | None = None,
     collective_forward: bool = False,
+    baselines: dict[str, tuple[float, bool]] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Collective. Run `forward` over each dataset's validation batches and reduce the metrics.
 
     `splits[name]()` yields that dataset's validation batches for this rank; `prepare` moves a
     batch to the device/dtype; `collective_forward` says the forward itself runs collectives.
     """
-    acc = MetricAccumulator(list(splits), tasks)
+    acc = MetricAccumulator(list(splits), tasks, baselines)
     for name, make in splits.items():
         it, last, seen = iter(make()), None, 0
         while True:

@@ -147,7 +147,9 @@ def test_element_references_and_per_atom_statistics_recover_synthetic_truth(tmp_
         assert abs(manifest["residuals"][target]["std"] - 0.01) < 2e-3
     assert abs(manifest["targets"]["forces"]["std"] - 0.3) < 0.02  # component RMS
     normalization, element_refs = dataset_statistics({"syn": tmp_path})
-    assert element_refs["energy"].keys() == refs.keys()
+    assert element_refs["energy"].keys() == set(range(1, 119))
+    mean_per_atom = np.mean([r.targets["energy"] / r.n_atoms for r in records])
+    assert element_refs["energy"][50] == pytest.approx(mean_per_atom)  # unseen element: the prior z̄
     assert normalization["forces"][0] == 0.0 and normalization["energy"][1] == pytest.approx(0.01, abs=2e-3)
 
     from foundation.model.tasks import TaskSpec
@@ -183,8 +185,8 @@ def test_element_references_of_few_noisy_records_are_shrunk_by_the_held_out_ridg
     as_dense = [np.bincount(list(r), weights=list(r.values()), minlength=119) for r in (chosen, bare)]
     assert _held_out_error(as_dense[0], held) < _held_out_error(as_dense[1], held)
     spread = max(truth.values()) - min(truth.values())
-    assert max(abs(v - truth[z]) for z, v in chosen.items()) < spread  # within the physical range
-    assert max(abs(v - truth[z]) for z, v in bare.items()) > spread  # the unregularised solve is not
+    assert max(abs(chosen[z] - t) for z, t in truth.items()) < spread  # within the physical range
+    assert max(abs(bare[z] - t) for z, t in truth.items()) > spread  # the unregularised solve is not
     _, element_refs = dataset_statistics({"few": tmp_path})
     assert element_refs["formation_energy_per_atom"] == pytest.approx(chosen)
 
@@ -202,8 +204,8 @@ def test_statistics_of_two_directories_combine_exactly(tmp_path):
     assert norm_split.keys() == norm_all.keys() == {"energy", "band_gap"}
     for key in norm_all:
         np.testing.assert_allclose(norm_split[key], norm_all[key], rtol=1e-9, atol=1e-12)
-    assert refs_split["energy"].keys() == refs_all["energy"].keys() == {1, 8}
-    for z in (1, 8):
+    assert refs_split["energy"].keys() == refs_all["energy"].keys() == set(range(1, 119))
+    for z in (1, 8, 26):  # 26: unseen, the prior
         assert refs_split["energy"][z] == pytest.approx(refs_all["energy"][z], rel=1e-9)
 
 

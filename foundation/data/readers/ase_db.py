@@ -21,6 +21,17 @@ trajectories in `../shared/data/oc20/trajectories` carry all-zero tags (so no `t
 Relaxation frames are highly correlated: `frames="first_last"` (or "first", "last") and `every=k`
 (every k-th frame, the last one always kept) thin them. Ids are `<file stem>:<frame index in the
 file>`, so a thinned read keeps the same ids as a full one.
+
+Per-system energy references (`energy_reference="relaxed"`, trajectories only): each frame's
+`energy` becomes E(frame) − E(the trajectory's last, relaxed frame), the energy above the relaxed
+end point, and `energy_total` keeps E. Why: the total energy of an OC20 slab is Σ over its ~50-200
+atoms of element energies, and the 25 sample systems share almost no metal (40 elements, 20 train
+systems), so no per-element fit can predict the total energy of an unseen system: the references
+missed every validation system by ~100 eV and the head could not learn. The energy relative to the
+system's relaxed state is what a relaxation needs, is learnable from geometry, and leaves forces
+(−dE/dx) unchanged, since the reference is a constant of the system. OC20's own S2EF energies are
+referenced per system too (adsorption energies: minus the clean slab and gas-phase references),
+which the trajectories here cannot give: their clean-slab energies are not in the sample.
 """
 
 from __future__ import annotations
@@ -66,7 +77,10 @@ def _default_source(path: Path) -> str:
     return folder.parent.name if folder.name == "trajectories" else folder.name
 
 
-def _read_traj(path: Path, source: str, frames: str, every: int) -> Iterator:
+ENERGY_REFERENCES = ("none", "relaxed")
+
+
+def _read_traj(path: Path, source: str, frames: str, every: int, energy_reference: str = "none") -> Iterator:
     from ase.io import Trajectory
 
     try:
@@ -77,11 +91,25 @@ def _read_traj(path: Path, source: str, frames: str, every: int) -> Iterator:
                      str(path))
         return
     with trajectory:
+        reference = None
+        if energy_reference == "relaxed":
+            try:
+                reference = float(atoms_labels(trajectory[n_frames - 1])["energy"])
+            except Exception as error:  # no relaxed energy: none of this system's frames is usable
+                reason = (f"energy_reference='relaxed' needs the last frame's energy: "
+                          f"{type(error).__name__}: {error}")
+                for index in select_frames(n_frames, frames, every):
+                    yield Reject(f"{path.stem}:{index}", source, reason, str(path))
+                return
         for index in select_frames(n_frames, frames, every):
             frame_id = f"{path.stem}:{index}"
             try:
                 atoms = trajectory[index]
-                yield frame_to_crystal(atoms, frame_id, source, LabelConvention())
+                crystal = frame_to_crystal(atoms, frame_id, source, LabelConvention())
+                if reference is not None and "energy" in crystal.targets:
+                    crystal.targets["energy_total"] = crystal.targets["energy"]
+                    crystal.targets["energy"] = crystal.targets["energy"] - reference
+                yield crystal
             except Exception as error:  # one bad frame must not end the file
                 yield Reject(frame_id, source, f"{type(error).__name__}: {error}", str(path))
 
@@ -125,7 +153,7 @@ def _read_db(path: Path, source: str, frames: str, every: int) -> Iterator:
 
 
 def read_ase(path, source: str | None = None, frames: str = "all", every: int = 1,
-             **options) -> Iterator:
+             energy_reference: str = "none", **options) -> Iterator:
     """Read an ASE database, trajectory or directory of trajectories as `Crystal`s / `Reject`s.
 
     Args:
@@ -135,9 +163,13 @@ def read_ase(path, source: str | None = None, frames: str = "all", every: int = 
             (`../shared/data/oc20/trajectories` -> "oc20").
         frames: "all" | "first_last" | "first" | "last" per trajectory / database.
         every: keep every k-th frame (with "all"; the last frame is always kept).
+        energy_reference: "none" (total energies) or "relaxed" (trajectories: each frame's energy
+            minus its trajectory's last frame's; see the module docstring).
     """
     if options:
         raise ValueError(f"read_ase: unknown options {sorted(options)}")
+    if energy_reference not in ENERGY_REFERENCES:
+        raise ValueError(f"read_ase: energy_reference must be one of {ENERGY_REFERENCES}, got {energy_reference!r}")
     path = Path(path)
     source = source or _default_source(path)
     if path.is_dir():
@@ -145,12 +177,14 @@ def read_ase(path, source: str | None = None, frames: str = "all", every: int = 
         if not files:
             raise ValueError(f"{path}: directory holds no .traj files")
         for file in files:
-            yield from _read_traj(file, source, frames, every)
+            yield from _read_traj(file, source, frames, every, energy_reference)
         return
     match path.suffix:
         case ".traj":
-            yield from _read_traj(path, source, frames, every)
+            yield from _read_traj(path, source, frames, every, energy_reference)
         case ".db" | ".json":
+            if energy_reference != "none":
+                raise ValueError(f"{path}: energy_reference={energy_reference!r} needs trajectories (.traj)")
             yield from _read_db(path, source, frames, every)
         case _:
             raise ValueError(f"{path}: expected a .traj, .db or .json file or a directory of .traj")

@@ -8,7 +8,9 @@ intensive one (eV/atom). From them:
 - element references (energy labels only, `REFERENCE_TARGETS`): ref minimising
   Σ (y − c·ref)² for an extensive label and Σ (y − c·ref / n)² for an intensive one, plus a ridge
   λ·s·|ref − z̄|² that pulls every reference towards the mean per-atom label z̄ (s: the mean
-  diagonal of the normal matrix), solved with numpy lstsq; elements never seen get no reference.
+  diagonal of the normal matrix), solved with numpy lstsq; an element never seen in the train
+  split gets the ridge's prior z̄ itself (not 0: a val or test structure with an element the
+  train split lacks is then predicted at the mean per-atom energy, not at 0 eV for that atom).
   λ is chosen on the val split, from its own sums (`label_sums_val`): the value of `RIDGES` with
   the least held-out per-atom squared error Σ (z − b·ref)². An unregularised solve on a few
   hundred records (or on fewer records than elements) fits noise: the MP sample gave Si −24.6 and
@@ -165,7 +167,8 @@ def solve_references(entry: dict[str, Any], name: str, holdout: dict[str, Any] |
 
     def solve(ridge: float) -> np.ndarray:
         x, *_ = np.linalg.lstsq(a + ridge * scale * np.eye(len(zs)), b + ridge * scale * prior, rcond=None)
-        full = np.zeros(N_Z)
+        full = np.full(N_Z, prior)  # elements the train split lacks: the prior
+        full[0] = 0.0
         full[zs] = x
         return full
 
@@ -181,7 +184,7 @@ def solve_references(entry: dict[str, Any], name: str, holdout: dict[str, Any] |
     if report is not None:
         report.update(chosen, records=int(entry["n"]), elements=len(zs))
     x = solve(ridge)
-    return {int(z): float(x[z]) for z in zs}
+    return {z: float(x[z]) for z in range(1, N_Z)}
 
 
 def summarize(state: dict[str, Any], holdout: dict[str, Any] | None = None) -> dict[str, Any]:
