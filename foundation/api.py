@@ -189,6 +189,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
 
 
 # -- features -------------------------------------------------------------------------------------
+LEVELS = ("structure", "blocks", "atom")
+
 @dataclass
 class Embedder:
     """A checkpoint's encoder alone, in eval mode, for frozen features."""
@@ -206,11 +208,16 @@ class Embedder:
         """Encoder features of `structures`, in input order, in the model's dtype.
 
         level="structure": `[n, F]`, the mean of each structure's per-atom invariants;
+        level="blocks": `[n, F_all]`, the mean invariants of the embedding and of every block,
+        concatenated (the equivariant encoder only; the richer frozen features);
         level="atom": `[Σ n_i, F]`, every structure's atoms in input order, one after another
         (rows of structure i start at the sum of the earlier structures' atom counts).
         """
-        if level not in ("structure", "atom"):
-            raise ValueError(f"level must be 'structure' or 'atom', got {level!r}")
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        if level == "blocks" and not hasattr(self.encoder, "n_block_features"):
+            raise ValueError(f"level='blocks' needs the equivariant encoder; this checkpoint's is "
+                             f"{type(self.encoder).__name__}")
         crystals = _ready(as_crystals(structures), self.encoder.config.max_atomic_number)
         return self.run(crystals, level, batch_size, progress)
 
@@ -218,14 +225,15 @@ class Embedder:
         """`embed` on crystals already through `model_input` (the CLI's path)."""
         self.encoder.eval()
         dtype = next(self.encoder.parameters()).dtype
-        key = "graph_features" if level == "structure" else "node_invariants"
+        key = {"structure": "graph_features", "blocks": "block_features", "atom": "node_invariants"}[level]
         parts = []
         with torch.no_grad(), progress_bar(len(crystals), progress, "embed") as bar:
             for batch in _batches(crystals, self.encoder.config.cutoff, dtype, self.device, batch_size):
                 parts.append(_numpy(self.encoder(batch)[key]))  # [n_graphs or n_atoms, F]
                 bar.update(batch.n_graphs)
         if not parts:
-            return np.zeros((0, self.n_features), dtype=_np_dtype(dtype))
+            width = self.encoder.n_block_features if level == "blocks" else self.n_features
+            return np.zeros((0, width), dtype=_np_dtype(dtype))
         return np.concatenate(parts)
 
 

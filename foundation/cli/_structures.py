@@ -76,7 +76,8 @@ def numeric(label: Any) -> np.ndarray | None:
 
 
 def common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="export directory, run directory holding export/, or its config.json")
+    parser.add_argument("checkpoint", help="export directory, run directory holding export/, its config.json, "
+                        "or the name of a shipped model (foundation.pretrained.available())")
     parser.add_argument("files", nargs="+", type=Path,
                         help="structure files: any database file foundation reads, or single CIF/POSCAR/... files")
     parser.add_argument("--format", default=None, help="reader format for every file (default: detected per file)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import load_encoder, progress_bar
+from ..api import LEVELS, load_encoder, progress_bar
 from ..data.records import Reject
 from ._structures import Record, chunks, common_args, labels, read_records, report, run_command
 
@@ -29,7 +29,8 @@ def _embed_main(args: argparse.Namespace) -> int:
             bar.update(len(chunk))
     report(len(kept), rejects)
     n_atoms = np.array([r.crystal.n_atoms for r in kept], dtype=np.int64)
-    features = np.concatenate(parts) if parts else np.zeros((0, embedder.n_features))
+    width = embedder.encoder.n_block_features if args.level == "blocks" else embedder.n_features
+    features = np.concatenate(parts) if parts else np.zeros((0, width))
     extra = {}
     if args.level == "atom":
         extra = {"offsets": np.concatenate([[0], np.cumsum(n_atoms)]),
@@ -46,8 +47,10 @@ def parse_args(argv: list[str], command: str = "embed") -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"foundation {command}", description=__doc__.splitlines()[0])
     common_args(parser)
     parser.add_argument("--out", type=Path, required=True, help=".npz to write")
-    parser.add_argument("--level", choices=("structure", "atom"), default="structure",
-                        help="structure: [n, F] means; atom: [Σ n_i, F] with offsets and numbers")
+    parser.add_argument("--level", choices=LEVELS, default="structure",
+                        help="structure: [n, F] means of the last block's invariants; blocks: [n, F_all] the "
+                             "means of the embedding's and every block's, concatenated; atom: [Σ n_i, F] "
+                             "with offsets and numbers")
     return parser.parse_args(argv)
 
 

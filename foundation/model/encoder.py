@@ -65,6 +65,11 @@ def distance_edges(batch: Batch, positions: torch.Tensor, config: ModelConfig):
             gaussian_basis(length, config.n_basis, config.cutoff))
 
 
+def _scalar_channels(irreps: o3.Irreps) -> list[int]:
+    """Indices of the 0e channels of a feature vector of `irreps`."""
+    return [i for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0e") for i in range(sl.start, sl.stop)]
+
+
 def check_species(numbers: torch.Tensor, config: ModelConfig) -> None:
     if numbers.numel() and int(numbers.max()) > config.max_atomic_number:
         raise ValueError(f"atomic number {int(numbers.max())} > max_atomic_number {config.max_atomic_number}")
@@ -77,6 +82,9 @@ class Encoder(nn.Module):
         node_features    [n_atoms, irreps_out.dim]  all channels (equivariant)
         node_invariants  [n_atoms, F]               the 0e channels, F = config.n_scalars
         graph_features   [n_graphs, F]              mean over each structure's atoms
+        block_features   [n_graphs, F_all]          the mean 0e channels of the embedding and of
+                                                    every block, concatenated (frozen features:
+                                                    early blocks keep what the last one discards)
         ewald_energy     [n_graphs] eV              only when config.ewald_every > 0
     `positions` replaces batch.positions (a tensor that requires grad, for forces).
     Built in `dtype` (torch's default if None); see `building_dtype` for why float64 work
@@ -101,6 +109,7 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList()
         self.ewald = nn.ModuleDict()  # str(block index) -> LatentEwald after that block
         irreps = self.irreps_embed
+        block_scalars = []  # per block: the 0e channels of its output
         for layer in range(config.n_layers):
             block = InteractionBlock(
                 irreps, reachable_irreps(irreps, self.irreps_sh, hidden), self.irreps_sh,
@@ -110,6 +119,7 @@ class Encoder(nn.Module):
             check_irreps(irreps, block.irreps_in, f"interaction block {layer} input")
             self.blocks.append(block)
             irreps = block.irreps_out
+            block_scalars.append(_scalar_channels(irreps))
             if config.ewald_every and (layer + 1) % config.ewald_every == 0:
                 # Imported here so the encoder builds without the Ewald code when it is off.
                 ewald = LatentEwald(irreps, config.ewald_hidden, config.ewald_accuracy)
@@ -117,10 +127,12 @@ class Encoder(nn.Module):
                 self.ewald[str(layer)] = ewald
                 irreps = ewald.irreps_out
         self.irreps_out = irreps
-        scalar = [i for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0e")
-                  for i in range(sl.start, sl.stop)]
+        scalar = _scalar_channels(irreps)
         self.register_buffer("scalar_index", torch.tensor(scalar, dtype=torch.long), persistent=False)
+        for layer, index in enumerate(block_scalars):
+            self.register_buffer(f"block_scalar_index_{layer}", torch.tensor(index, dtype=torch.long), persistent=False)
         self.n_invariants = len(scalar)
+        self.n_block_features = config.n_scalars + sum(len(i) for i in block_scalars)
 
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         numbers = batch.numbers
@@ -133,9 +145,11 @@ class Encoder(nn.Module):
         edge_radial = self.radial(length)  # [n_edges, n_basis]
         # Standard-normal embedding rows, so the first block sees unit-variance scalars.
         h = self.embedding(numbers).to(pos.dtype)  # [n_atoms, F] 0e
+        pooled = [mean_pool(h, batch.batch, n_graphs)]  # [n_graphs, F] per block
         ewald_energy = None
         for layer, block in enumerate(self.blocks):
             h = block(h, edge_sh, edge_radial, batch.edge_index, batch.batch, n_graphs)  # [n_atoms, hidden]
+            pooled.append(mean_pool(h.index_select(1, getattr(self, f"block_scalar_index_{layer}")), batch.batch, n_graphs))
             if str(layer) in self.ewald:
                 h, energy = self.ewald[str(layer)](h, pos, batch.cell, batch.pbc, batch.batch, n_graphs)
                 ewald_energy = energy if ewald_energy is None else ewald_energy + energy  # [n_graphs] eV
@@ -144,6 +158,7 @@ class Encoder(nn.Module):
             "node_features": h,
             "node_invariants": invariants,
             "graph_features": mean_pool(invariants, batch.batch, n_graphs),  # [n_graphs, F]
+            "block_features": torch.cat(pooled, dim=1),  # [n_graphs, F_all]
         }
         if ewald_energy is not None:
             out["ewald_energy"] = ewald_energy

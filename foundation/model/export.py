@@ -154,8 +154,18 @@ def resolve_export(path: str | Path) -> Path:
     """The export directory that `path` names: an export directory itself, a run directory holding
     `export/`, or the `config.json` / `model.safetensors` inside an export. Raises ExportError
     naming `path` for anything else (a missing path, a pickle checkpoint, an unrelated directory).
-    Only checks where the export is; `load_export` checks its contents."""
+    A name of a shipped model (`foundation.pretrained.available()`, e.g. "small-corpus") that is
+    not also a path on disk names that model's export. Only checks where the export is;
+    `load_export` checks its contents."""
     path = Path(path)
+    if not path.exists():
+        from ..pretrained import available, pretrained_path
+
+        shipped = pretrained_path(path)
+        if shipped is not None:
+            return shipped
+        if "/" not in str(path) and available():
+            raise ExportError(f"{path}: no such export directory, nor a shipped model (shipped: {', '.join(available())})")
     if path.is_file():
         if path.name in (CONFIG, WEIGHTS):
             return path.parent

@@ -74,7 +74,7 @@ def cache_key(name: str, ds, tasks: list[Any] = (), split=None) -> str:
         files += [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in members if p.is_file()]
     spec = {"name": name, "files": files, "format": ds.format, "options": ds.options, "limit": ds.limit,
             "fractions": list(ds.fractions), "split_seed": ds.split_seed, "group_by_prefix": ds.group_by_prefix,
-            "statistics": 2}  # 2: manifests carry the val split's label sums (held-out reference ridge)
+            "statistics": 3}  # 2: the val split's label sums (held-out ridge); 3: the per-atom label range
     if ds.max_train is not None:
         spec["max_train"] = ds.max_train
     if ds.derive or ds.keep_labels == "tasks" or split is not None:

@@ -83,3 +83,32 @@ def test_embed_cli_writes_features_ids_and_labels(export64, tmp_path, capsys):
     atoms = np.load(atom_out)
     assert atoms["features"].shape == (15, 16) and atoms["offsets"].tolist() == [0, 5, 10, 15]
     assert atoms["numbers"].shape == (15,)
+
+
+def test_block_features_concatenate_every_block_and_stay_invariant(embedder, crystals):
+    """level="blocks": the mean invariants of the embedding and of every block side by side, the
+    last block's equal to the structure-level features; invariant like them."""
+    crystal = crystals[0]
+    copies = [crystal, rotated(translated(supercell(crystal, (2, 1, 1)), [0.5, 1, 2]), random_rotation(4))]
+    blocks = embedder.embed(copies, level="blocks")
+    width = embedder.encoder.n_block_features
+    assert blocks.shape == (2, width) and width > embedder.n_features
+    np.testing.assert_allclose(blocks[1], blocks[0], **TOL)
+    np.testing.assert_allclose(blocks[:, -embedder.n_features:], embedder.embed(copies), **TOL)
+    assert embedder.embed([], level="blocks").shape == (0, width)
+
+
+def test_shipped_models_load_by_name_and_unknown_names_are_refused(tmp_path):
+    from foundation.model.export import ExportError
+    from foundation.pretrained import available
+
+    names = available()
+    assert "small-corpus" in names  # the model foundation ships (foundation/pretrained/)
+    encoder = load_encoder("small-corpus")
+    features = encoder.embed(perovskites(2), level="blocks")
+    assert features.shape == (2, encoder.encoder.n_block_features) and np.isfinite(features).all()
+    with pytest.raises(ExportError, match="nor a shipped model"):
+        load_encoder("no-such-model")
+    out = tmp_path / "f.npz"
+    assert main(["embed", "small-corpus", str(PEROVSKITES), "--limit", "3", "--level", "blocks", "--out", str(out)]) == 0
+    assert np.load(out)["features"].shape == (3, encoder.encoder.n_block_features)

@@ -227,6 +227,23 @@ def test_frame_selection():
     assert ids == ["random1000100:0", "random1000100:125"]
 
 
+def test_oc20_energy_referenced_to_the_relaxed_frame(oc20):
+    """energy_reference="relaxed": each frame's energy minus its trajectory's last frame's (0 there),
+    the total kept as energy_total, forces untouched; a database refuses the option."""
+    path = DATA / "oc20" / "trajectories" / "random1000100.traj"
+    referenced = _crystals(read_ase(path, every=25, energy_reference="relaxed"))
+    total = {c.id: c for c in oc20 if c.id.startswith("random1000100:")}
+    relaxed = total["random1000100:125"].targets["energy"]
+    assert referenced[-1].id == "random1000100:125" and referenced[-1].targets["energy"] == 0.0
+    for c in referenced:
+        assert c.targets["energy"] == pytest.approx(total[c.id].targets["energy"] - relaxed, abs=1e-12)
+        assert c.targets["energy_total"] == total[c.id].targets["energy"]
+        np.testing.assert_array_equal(c.targets["forces"], total[c.id].targets["forces"])
+    assert max(c.targets["energy"] for c in referenced) > 1.0  # the first frames lie eV above the end
+    with pytest.raises(ValueError, match="energy_reference"):
+        list(read_ase(path, energy_reference="slab"))
+
+
 def test_ase_db_round_trip(tmp_path, oc20):
     import ase.db
     from ase.calculators.singlepoint import SinglePointCalculator

@@ -12,7 +12,9 @@ intensive one (eV/atom). From them:
   split gets the ridge's prior z̄ itself (not 0: a val or test structure with an element the
   train split lacks is then predicted at the mean per-atom energy, not at 0 eV for that atom).
   λ is chosen on the val split, from its own sums (`label_sums_val`): the value of `RIDGES` with
-  the least held-out per-atom squared error Σ (z − b·ref)². An unregularised solve on a few
+  the least held-out per-atom squared error Σ (z − b·ref)² among those whose references all lie
+  within the range of the train records' per-atom labels (`_physical`; the strongest ridge, whose
+  references approach z̄, always does). An unregularised solve on a few
   hundred records (or on fewer records than elements) fits noise: the MP sample gave Si −24.6 and
   Fe +39.0 eV/atom, and the 25 OC20 systems references that missed every other system by ~100 eV,
   so the energy heads could not learn. Without held-out records the ridge is `RIDGE` when there are
@@ -76,11 +78,12 @@ class LabelAccumulator:
     def _add_system(self, name, numbers, b, z, counts, y) -> None:
         s = self.systems.get(name)
         if s is None:
-            s = self.systems[name] = {"n": 0, "sum_z": 0.0, "sum_z2": 0.0, "sum_b": np.zeros(N_Z),
-                                      "BtB": np.zeros((N_Z, N_Z)), "Btz": np.zeros(N_Z)}
+            s = self.systems[name] = {"n": 0, "sum_z": 0.0, "sum_z2": 0.0, "min_z": math.inf, "max_z": -math.inf,
+                                      "sum_b": np.zeros(N_Z), "BtB": np.zeros((N_Z, N_Z)), "Btz": np.zeros(N_Z)}
             if name in REFERENCE_TARGETS and target_info(name).extensive:
                 s["CtC"], s["Cty"] = np.zeros((N_Z, N_Z)), np.zeros(N_Z)
         s["n"] += 1
+        s["min_z"], s["max_z"] = min(s["min_z"], z), max(s["max_z"], z)
         s["sum_z"] += z
         s["sum_z2"] += z * z
         s["sum_b"][numbers] += b
@@ -95,7 +98,8 @@ class LabelAccumulator:
         systems = {}
         for name, s in self.systems.items():
             zs = np.flatnonzero(s["sum_b"] > 0)
-            entry = {"n": s["n"], "sum_z": s["sum_z"], "sum_z2": s["sum_z2"], "elements": zs.tolist(),
+            entry = {"n": s["n"], "sum_z": s["sum_z"], "sum_z2": s["sum_z2"], "min_z": s.get("min_z"),
+                     "max_z": s.get("max_z"), "elements": zs.tolist(),
                      "sum_b": s["sum_b"][zs].tolist(), "BtB": s["BtB"][np.ix_(zs, zs)].tolist(),
                      "Btz": s["Btz"][zs].tolist()}
             if "CtC" in s:
@@ -107,7 +111,8 @@ class LabelAccumulator:
 
 def _dense(entry: dict[str, Any]) -> dict[str, Any]:
     zs = np.asarray(entry["elements"], dtype=np.int64)
-    out = {"n": entry["n"], "sum_z": entry["sum_z"], "sum_z2": entry["sum_z2"]}
+    out = {"n": entry["n"], "sum_z": entry["sum_z"], "sum_z2": entry["sum_z2"],
+           "min_z": entry.get("min_z"), "max_z": entry.get("max_z")}
     out["sum_b"] = np.zeros(N_Z)
     out["sum_b"][zs] = entry["sum_b"]
     for key in ("BtB", "CtC"):
@@ -137,7 +142,11 @@ def combine(states: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             acc = systems[name]
             for key, value in dense.items():  # same label name: same keys (CtC only for energies)
-                acc[key] = acc[key] + value if key in acc else value
+                if key in ("min_z", "max_z"):
+                    pick = min if key == "min_z" else max
+                    acc[key] = None if value is None or acc.get(key) is None else pick(acc[key], value)
+                else:
+                    acc[key] = acc[key] + value if key in acc else value
     acc = LabelAccumulator()
     acc.moments = moments
     for name, s in systems.items():
@@ -148,6 +157,21 @@ def combine(states: list[dict[str, Any]]) -> dict[str, Any]:
 def _held_out_error(x: np.ndarray, holdout: dict[str, Any]) -> float:
     """Σ (z − b·x)² over the held-out records, from their sums (x dense [N_Z])."""
     return holdout["sum_z2"] - 2.0 * float(x @ holdout["Btz"]) + float(x @ holdout["BtB"] @ x)
+
+
+PHYSICAL_MARGIN = 0.1  # of the span of the train records' per-atom labels
+
+
+def _physical(refs: np.ndarray, entry: dict[str, Any]) -> bool:
+    """Every reference within the per-atom labels of the train records (widened by
+    PHYSICAL_MARGIN of their span): an element's energy cannot lie far above or below the
+    energies of every compound it forms (MP's Fe at +39 eV/atom, above all MP compounds, is a fit
+    of noise). True when the sums predate the range (no min_z / max_z)."""
+    low, high = entry.get("min_z"), entry.get("max_z")
+    if low is None or high is None or not math.isfinite(low) or not math.isfinite(high):
+        return True
+    margin = PHYSICAL_MARGIN * (high - low) + 1e-9
+    return bool(np.all(refs >= low - margin) and np.all(refs <= high + margin))
 
 
 def solve_references(entry: dict[str, Any], name: str, holdout: dict[str, Any] | None = None,
@@ -174,10 +198,13 @@ def solve_references(entry: dict[str, Any], name: str, holdout: dict[str, Any] |
 
     held = _dense(holdout) if holdout is not None and holdout.get("n", 0) > 0 else None
     if held is not None:
-        errors = {ridge: _held_out_error(solve(ridge), held) for ridge in RIDGES}
-        ridge = min(RIDGES, key=lambda r: (errors[r], -r))  # ties: the stronger ridge
+        solutions = {ridge: solve(ridge) for ridge in RIDGES}
+        physical = [r for r in RIDGES if _physical(solutions[r][zs], entry)] or [RIDGES[-1]]
+        errors = {ridge: _held_out_error(solutions[ridge], held) for ridge in physical}
+        ridge = min(physical, key=lambda r: (errors[r], -r))  # ties: the stronger ridge
         chosen = {"ridge": ridge, "chosen_on": "val", "held_out_records": int(held["n"]),
-                  "held_out_rmse_per_atom": math.sqrt(max(errors[ridge], 0.0) / held["n"])}
+                  "held_out_rmse_per_atom": math.sqrt(max(errors[ridge], 0.0) / held["n"]),
+                  "physical_ridges": physical}
     else:
         ridge = RIDGE if entry["n"] >= MIN_RECORDS_PER_ELEMENT * len(zs) else RIDGE_FEW
         chosen = {"ridge": ridge, "chosen_on": "records per element"}

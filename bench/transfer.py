@@ -1,0 +1,260 @@
+"""What pretraining buys on properties it never saw: the shipped pretrained model fine-tuned against
+the same architecture from scratch, and its frozen features against CHGNet's and composition's;
+writes bench/results/transfer*.json (+ PNG).
+
+    python bench/transfer.py curves    [--checkpoint small-corpus] [--tasks ...] [--sizes 100 500 all]
+                                       [--seeds 0 1 2] [--budget 40s]
+    python bench/transfer.py ablations [--task perovskites] [--size 500] [--seeds 0 1 2]
+    python bench/transfer.py features  [--tasks log_kvrh log_gvrh perovskites]
+
+curves: every point is two real `launch/finetune.py` runs under torchrun (DeepSpeed engine, EMA,
+best validation weights exported, test split scored once), identical but for the encoder's
+initial weights: `--checkpoint NAME` (pretrained) against the same with `from_scratch=true` (the
+checkpoint's architecture, fresh weights). Same task config, same hash split (the split seed is
+the data's, not the run's), the same training subset (`data.max_train`, drawn with the split
+seed), the same wall-clock budget (`max_time`, the lr decays over it; early stopping keeps the
+best validation weights but never stops a run early), the same processes. The run seed (`seed=`)
+changes the initial weights of the new head (and of the encoder from scratch) and the batch order:
+mean and spread over seeds. Ratio < 1: pretraining helps.
+
+ablations: the fine-tuning side of the JMP recipe at one training size, from the same checkpoint:
+the task config's layer-wise lr decay against none (1.0) and 0.5, and a frozen encoder (only the
+new head trains). The pretraining-side ablations (uncertainty against fixed task weights,
+temperature 1 against 2) need one pretraining run each: `pretrain-ablations` runs them at a short
+budget (`--steps`) and fine-tunes each the same way.
+
+features: frozen structure features of the train/val/test splits of each task's own shards, a
+ridge (RidgeCV, alpha chosen on the train split by efficient leave-one-out) and a small MLP
+(scikit-learn, early stopping on a slice of the train split) on standardised features, test MAE:
+ours ("blocks": the mean invariants of the embedding and every block, concatenated; and "last":
+the last block's only), CHGNet 0.3.0's crystal features (`pip install chgnet`; the pretrained
+model's 64-wide crystal feature vector) and composition (element fractions, 1-94).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import ROOT, machine, run_finetune
+
+# task -> (finetune config, the task scored, sizes that make sense)
+TASKS = {
+    "log_kvrh": ("configs/finetune/bulk_modulus.yaml", "log10_bulk_modulus"),
+    "log_gvrh": ("configs/finetune/shear_modulus.yaml", "log10_shear_modulus"),
+    "perovskites": ("configs/finetune/perovskites.yaml", "heat_all"),
+    "dcdft": ("configs/finetune/dcdft.yaml", "bulk_modulus"),
+}
+VARIANTS = {"pretrained": [], "scratch": ["from_scratch=true"]}
+ABLATIONS = {
+    "config": [],  # the task config's own settings (the "pretrained" variant of the curves)
+    "lr_decay=1.0": ["lr_decay=1.0"],
+    "lr_decay=0.5": ["lr_decay=0.5"],
+    "freeze=encoder": ["freeze=encoder"],
+    "scratch": ["from_scratch=true"],
+}
+
+
+def _arguments(task: str, checkpoint: str, budget: str, size: str, seed: int, extra: list[str]) -> list[str]:
+    out = ["--config", TASKS[task][0], "--checkpoint", checkpoint, f"seed={seed}", f"max_time={budget}",
+           "max_steps=null", "epochs=null", "early_stopping.patience=1000000", *extra]
+    if size != "all":
+        out.append(f"data.max_train={size}")
+    return out
+
+
+def _score(summary: dict, task: str) -> dict:
+    test = summary["test"][task]
+    return {"test_mae": test["mae"], "val_mae": summary["validation"][task]["mae"], "steps": summary["steps"],
+            "best_step": summary["best_step"], "n_train": summary["data"]["counts"]["splits"]["train"],
+            "command_seconds": summary["command_seconds"]}
+
+
+def _spread(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=float)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+def curves(args) -> dict:
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "processes": args.nproc,
+           "budget": args.budget, "checkpoint": args.checkpoint, "seeds": args.seeds, "tasks": {}}
+    start = time.perf_counter()
+    for task in args.tasks:
+        sizes = ["all"] if task == "dcdft" else args.sizes  # 71 crystals: one point
+        rows = {}
+        for size in sizes:
+            runs = {v: [] for v in VARIANTS}
+            for seed in args.seeds:
+                for variant, extra in VARIANTS.items():
+                    print(f"[{time.perf_counter() - start:6.0f} s] {task} train {size} seed {seed}: {variant}", flush=True)
+                    summary = run_finetune(_arguments(task, args.checkpoint, args.budget, size, seed, extra),
+                                           ROOT / args.work / task / size / f"{variant}-{seed}", args.nproc)
+                    runs[variant].append(_score(summary, TASKS[task][1]))
+            maes = {v: [r["test_mae"] for r in rs] for v, rs in runs.items()}
+            ratios = [p / s for p, s in zip(maes["pretrained"], maes["scratch"])]
+            rows[size] = {"n_train": runs["scratch"][0]["n_train"], "runs": runs,
+                          **{v: _spread(m) for v, m in maes.items()}, "ratio": _spread(ratios)}
+            print(f"    {task} {size}: pretrained {rows[size]['pretrained']['mean']:.4f} / scratch "
+                  f"{rows[size]['scratch']['mean']:.4f} = {rows[size]['ratio']['mean']:.3f}", flush=True)
+        out["tasks"][task] = {"config": TASKS[task][0], "task": TASKS[task][1], "sizes": rows}
+    out["total_seconds"] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def ablations(args) -> dict:
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "processes": args.nproc,
+           "budget": args.budget, "checkpoint": args.checkpoint, "task": args.task, "size": args.size,
+           "seeds": args.seeds, "variants": {}}
+    for name, extra in ABLATIONS.items():
+        runs = []
+        for seed in args.seeds:
+            print(f"{args.task} train {args.size} seed {seed}: {name}", flush=True)
+            summary = run_finetune(_arguments(args.task, args.checkpoint, args.budget, args.size, seed, extra),
+                                   ROOT / args.work / "ablations" / args.task / f"{name}-{seed}", args.nproc)
+            runs.append(_score(summary, TASKS[args.task][1]))
+        out["variants"][name] = {"runs": runs, **_spread([r["test_mae"] for r in runs])}
+    return out
+
+
+# -- frozen features ------------------------------------------------------------------------------
+def _split_records(shard_dir: Path, split: str) -> list:
+    """Every record of `split` in a shard directory, in shard order (tar members: npy and JSON only)."""
+    from foundation.data.shards import decode_record, read_manifest
+
+    manifest, records = read_manifest(shard_dir), []
+    for entry in manifest["shards"][split]:
+        with tarfile.open(Path(shard_dir) / entry["file"]) as tar:
+            samples: dict[str, dict] = {}
+            for member in tar.getmembers():
+                key, _, suffix = member.name.partition(".")
+                samples.setdefault(key, {"__key__": key})[suffix] = tar.extractfile(member).read()
+        records += [decode_record(s) for s in samples.values()]
+    return records
+
+
+def _shards_of(task: str, args) -> Path:
+    """The task's full-size shard directory (a 1-step fine-tune builds it if no earlier run did)."""
+    for summary in sorted((ROOT / args.work / task / "all").glob("*/summary.json")):
+        return Path(json.loads(summary.read_text())["data"]["shards"])
+    run_dir = ROOT / args.work / task / "shards"
+    summary = run_finetune(["--config", TASKS[task][0], "--checkpoint", args.checkpoint, "max_steps=1",
+                            "eval.at_start=false"], run_dir, 1)
+    return Path(summary["data"]["shards"])
+
+
+def _composition(crystals) -> np.ndarray:
+    out = np.zeros((len(crystals), 95))
+    for i, c in enumerate(crystals):
+        z, n = np.unique(c.numbers, return_counts=True)
+        out[i, z[z < 95]] = n[z < 95] / n.sum()
+    return out
+
+
+def _chgnet(crystals) -> np.ndarray:
+    from chgnet.model import CHGNet  # the optional peer extra
+
+    model = CHGNet.load(verbose=False)
+    structures = [c.to_pymatgen() for c in crystals]
+    preds = model.predict_structure(structures, return_crystal_feas=True, batch_size=64)
+    return np.stack([p["crystal_fea"] for p in preds])
+
+
+def _fit_score(name: str, train: tuple, test: tuple, seed: int) -> dict:
+    from sklearn.linear_model import RidgeCV
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    (x, y), (xt, yt) = train, test
+    if name == "ridge":
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-4, 4, 17)))
+    else:
+        model = make_pipeline(StandardScaler(), MLPRegressor((128, 128), alpha=1e-3, early_stopping=True,
+                                                             max_iter=2000, random_state=seed))
+    model.fit(x, y)
+    return {"test_mae": float(np.abs(model.predict(xt) - yt).mean())}
+
+
+def features(args) -> dict:
+    from foundation import load_encoder
+
+    target_of = {"log_kvrh": "log10_bulk_modulus", "log_gvrh": "log10_shear_modulus", "perovskites": "formation_energy",
+                 "dcdft": "log10_bulk_modulus"}
+    encoder = load_encoder(args.checkpoint)
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "checkpoint": args.checkpoint, "tasks": {}}
+    for task in args.tasks:
+        shards = _shards_of(task, args)
+        data = {s: _split_records(shards, s) for s in ("train", "test")}
+        target = target_of[task]
+        y = {s: np.array([float(c.targets[target]) for c in cs]) for s, cs in data.items()}
+        extractors = {"ours_blocks": lambda cs: encoder.embed(cs, "blocks", batch_size=128),
+                      "ours_last": lambda cs: encoder.embed(cs, "structure", batch_size=128),
+                      "chgnet": _chgnet, "composition": _composition}
+        rows = {"mean": {"test_mae": float(np.abs(y["test"] - y["train"].mean()).mean())}}
+        for name, extract in extractors.items():
+            t0 = time.perf_counter()
+            x = {s: np.asarray(extract(cs), dtype=np.float64) for s, cs in data.items()}
+            seconds = round(time.perf_counter() - t0, 1)
+            rows[name] = {"width": int(x["train"].shape[1]), "embed_seconds": seconds,
+                          **{m: _fit_score(m, (x["train"], y["train"]), (x["test"], y["test"]), 0)
+                             for m in ("ridge", "mlp")}}
+            print(f"{task} {name}: ridge {rows[name]['ridge']['test_mae']:.4f}, mlp {rows[name]['mlp']['test_mae']:.4f}"
+                  f" ({seconds} s to embed)", flush=True)
+        out["tasks"][task] = {"n_train": len(y["train"]), "n_test": len(y["test"]), "target": target, "rows": rows}
+    return out
+
+
+def curves_plot(results: dict, path: Path) -> None:
+    """Test MAE against training structures per task: pretrained and scratch, mean ± std over seeds."""
+    from matplotlib.figure import Figure
+
+    tasks = [t for t, r in results["tasks"].items() if len(r["sizes"]) > 1]
+    fig = Figure(figsize=(4.5 * max(len(tasks), 1), 4), dpi=110)
+    for ax, task in zip(fig.subplots(1, max(len(tasks), 1), squeeze=False)[0], tasks):
+        rows = sorted(results["tasks"][task]["sizes"].values(), key=lambda r: r["n_train"])
+        n = [r["n_train"] for r in rows]
+        for variant in VARIANTS:
+            ax.errorbar(n, [r[variant]["mean"] for r in rows], yerr=[r[variant]["std"] for r in rows], marker="o",
+                        capsize=3, label=variant)
+        ax.set(xscale="log", yscale="log", xlabel="training structures", ylabel="test MAE", title=task)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("curves", "ablations", "features"))
+    parser.add_argument("--checkpoint", default="small-corpus", help="the pretrained export (path or shipped name)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--sizes", nargs="+", default=["100", "500", "all"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget", default="40s", help="wall-clock training budget of every fine-tune")
+    parser.add_argument("--task", default="perovskites", choices=list(TASKS), help="ablations: the task")
+    parser.add_argument("--size", default="500", help="ablations: the training size")
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--work", default="work/bench_transfer")
+    parser.add_argument("--out", default=None, help="default bench/results/transfer_<mode>.json")
+    args = parser.parse_args(argv)
+    if args.mode == "features" and args.tasks == list(TASKS):
+        args.tasks = ["log_kvrh", "log_gvrh", "perovskites"]
+    results = {"curves": curves, "ablations": ablations, "features": features}[args.mode](args)
+    results["command"] = "python bench/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = ROOT / (args.out or f"bench/results/transfer_{args.mode}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    if args.mode == "curves":
+        curves_plot(results, out.with_suffix(".png"))
+    print(f"-> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
