@@ -101,6 +101,15 @@ def test_two_processes_train_and_the_loss_falls(trained):
     assert set(before) == set(after) and len(after) >= 5
     # every regression task of every dataset, summed relative to its initial error
     assert sum(after[k] / before[k] for k in after) < 0.9 * len(after), (before, after)
+    # each head is judged against its mean predictor and its initial value; the loss weights are reported
+    assert "mean pred." in out and "verdict" in out and "loss weights per task" in out
+    tasks = {t["name"] for t in _config(Path("."))["tasks"]}
+    assert set(summary["task_weights"]) == tasks and all(w > 0 for w in summary["task_weights"].values())
+    for (d, t), value in after.items():
+        mean = summary["validation"][d][t]["mean_mae"]
+        assert mean > 0
+        learns = value < mean and value < before[(d, t)]
+        assert (summary["heads"][f"{d}/{t}"] == "learns") == learns, (d, t, value, mean, before[(d, t)])
     ds_json = json.loads((run_dir / "deepspeed_config.json").read_text())
     assert ds_json["zero_optimization"]["stage"] == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step_*")) == [

@@ -51,3 +51,25 @@ def test_evaluate_respects_max_batches_and_prints_a_table():
     assert metrics["toy"]["energy"]["mae"] == pytest.approx(0.25)
     table = summary_table(metrics, {"energy": "eV"})
     assert "toy" in table and "MAE" in table and "0.25" in table and "eV" in table
+
+
+def test_mean_predictor_is_scored_beside_each_head_and_the_verdict_needs_both_bars():
+    """baselines: a per-atom mean times the atoms (extensive) is the bar of an energy head; the
+    verdict says "learns" only below both the mean predictor and the initial value."""
+    from foundation.metrics import head_verdict
+
+    batches = [make_batch(1, 0, k) for k in range(3)]
+    acc = MetricAccumulator(["toy"], TASKS, baselines={"energy": (-2.0, True)})
+    expected = []
+    for b in batches:
+        acc.add("toy", _preds(b, shift=0.1), b)
+        m = b.masks["energy"]
+        expected += (-2.0 * b.n_atoms[m].double() - b.targets["energy"][m].double()).abs().tolist()
+    out = acc.reduce(SOLO)["toy"]
+    assert out["energy"]["mean_mae"] == pytest.approx(np.mean(expected))
+    assert "mean_mae" not in out["is_metal"]
+    assert head_verdict(0.1, 0.5, 0.3) == "learns"
+    assert head_verdict(0.4, 0.3, 0.5) == "NOT: no better than mean"
+    assert head_verdict(0.9, 0.95, None, higher_is_better=True) == "NOT: no better than mean"
+    table = summary_table({"toy": out}, {"energy": "eV"}, {"toy": {"energy": {"mae": 1.0, "n": 3}}})
+    assert "mean pred." in table and "learns" in table.splitlines()[2] + table.splitlines()[3]
