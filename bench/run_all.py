@@ -32,9 +32,14 @@ def commands(quick: bool, out: Path) -> list[list[str]]:
             ["bench/encoder_search.py", "--only", "small", "--budget", "8s", "--nproc", "1", "--work",
              str(out / "encoder_search_runs"), "--out", str(out / "encoder_search.json"), "--extra", "data.limit=400",
              "eval.every=10", "eval.max_batches=4"],
+            ["bench/transfer.py", "curves", "--tasks", "dcdft", "--seeds", "0", "--budget", "4s", "--nproc", "1",
+             "--work", str(out / "transfer_runs"), "--out", str(out / "transfer_curves.json")],
+            ["bench/transfer.py", "features", "--tasks", "dcdft", "--extractors", "ours_blocks", "ours_blocks+heads",
+             "composition", "--work", str(out / "transfer_runs"), "--out", str(out / "transfer_features.json")],
         ]
     return [["bench/data.py"], ["bench/model.py"], ["bench/pretrain.py"], ["bench/finetune.py"], ["bench/accuracy.py"],
-            ["bench/speed.py"], ["bench/cgcnn_check.py"], ["bench/encoder_search.py"]]
+            ["bench/speed.py"], ["bench/cgcnn_check.py"], ["bench/encoder_search.py"], ["bench/transfer.py", "ablations"],
+            ["bench/transfer.py", "curves"], ["bench/transfer.py", "features"]]
 
 
 def main(argv: list[str] | None = None) -> int:

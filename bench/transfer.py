@@ -26,8 +26,9 @@ budget (`--steps`) and fine-tunes each the same way.
 features: frozen structure features of the train/val/test splits of each task's own shards, a
 ridge (RidgeCV, alpha chosen on the train split by efficient leave-one-out) and a small MLP
 (scikit-learn, early stopping on a slice of the train split) on standardised features, test MAE:
-ours ("blocks": the mean invariants of the embedding and every block, concatenated; and "last":
-the last block's only), CHGNet 0.3.0's crystal features (`pip install chgnet`; the pretrained
+ours ("blocks": the mean invariants of the embedding and every block, concatenated; "last": the
+last block's only; "blocks+heads": blocks and the pretrained model's own predictions of its
+structure-level tasks, per atom for extensive ones), CHGNet 0.3.0's crystal features (`pip install chgnet`; the pretrained
 model's 64-wide crystal feature vector) and composition (element fractions, 1-94).
 """
 
@@ -156,13 +157,29 @@ def _composition(crystals) -> np.ndarray:
     return out
 
 
+_CHGNET: dict[str, np.ndarray] = {}  # structure key -> crystal features (K and G share structures)
+
+
 def _chgnet(crystals) -> np.ndarray:
     from chgnet.model import CHGNet  # the optional peer extra
 
-    model = CHGNet.load(verbose=False)
-    structures = [c.to_pymatgen() for c in crystals]
-    preds = model.predict_structure(structures, return_crystal_feas=True, batch_size=64)
-    return np.stack([p["crystal_fea"] for p in preds])
+    todo = [c for c in crystals if c.key not in _CHGNET]
+    if todo:
+        model = CHGNet.load(verbose=False)
+        preds = model.predict_structure([c.to_pymatgen() for c in todo], task="e", return_crystal_feas=True,
+                                        batch_size=64)
+        _CHGNET.update({c.key: np.asarray(p["crystal_fea"]) for c, p in zip(todo, preds)})
+    return np.stack([_CHGNET[c.key] for c in crystals])
+
+
+def _head_outputs(predictor, crystals) -> np.ndarray:
+    """The pretrained model's own predictions of every structure-level task (extensive ones per
+    atom): what pretraining learned to predict, as features."""
+    names = [n for n, t in predictor.model.tasks.items() if t.level == "structure" and t.dim == 1]
+    preds = predictor.predict(crystals, batch_size=128, tasks=names)
+    n_atoms = np.array([c.n_atoms for c in crystals], dtype=np.float64)
+    return np.stack([np.asarray(preds[n], dtype=np.float64) / (n_atoms if predictor.model.tasks[n].extensive else 1)
+                     for n in names], axis=1)
 
 
 def _fit_score(name: str, train: tuple, test: tuple, seed: int) -> dict:
@@ -175,30 +192,34 @@ def _fit_score(name: str, train: tuple, test: tuple, seed: int) -> dict:
     if name == "ridge":
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-4, 4, 17)))
     else:
-        model = make_pipeline(StandardScaler(), MLPRegressor((128, 128), alpha=1e-3, early_stopping=True,
+        model = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(128, 128), alpha=1e-3, early_stopping=True,
                                                              max_iter=2000, random_state=seed))
     model.fit(x, y)
     return {"test_mae": float(np.abs(model.predict(xt) - yt).mean())}
 
 
 def features(args) -> dict:
-    from foundation import load_encoder
+    from foundation import load_encoder, load_model
 
     target_of = {"log_kvrh": "log10_bulk_modulus", "log_gvrh": "log10_shear_modulus", "perovskites": "formation_energy",
                  "dcdft": "log10_bulk_modulus"}
-    encoder = load_encoder(args.checkpoint)
+    encoder, predictor = load_encoder(args.checkpoint), load_model(args.checkpoint)
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "checkpoint": args.checkpoint, "tasks": {}}
     for task in args.tasks:
         shards = _shards_of(task, args)
-        data = {s: _split_records(shards, s) for s in ("train", "test")}
+        data = {s: _split_records(shards, s)[:args.limit] for s in ("train", "test")}
         target = target_of[task]
         y = {s: np.array([float(c.targets[target]) for c in cs]) for s, cs in data.items()}
         extractors = {"ours_blocks": lambda cs: encoder.embed(cs, "blocks", batch_size=128),
                       "ours_last": lambda cs: encoder.embed(cs, "structure", batch_size=128),
+                      "ours_blocks+heads": lambda cs: np.concatenate(
+                          [encoder.embed(cs, "blocks", batch_size=128), _head_outputs(predictor, cs)], axis=1),
                       "chgnet": _chgnet, "composition": _composition}
         rows = {"mean": {"test_mae": float(np.abs(y["test"] - y["train"].mean()).mean())}}
         for name, extract in extractors.items():
+            if args.extractors and name not in args.extractors:
+                continue
             t0 = time.perf_counter()
             x = {s: np.asarray(extract(cs), dtype=np.float64) for s, cs in data.items()}
             seconds = round(time.perf_counter() - t0, 1)
@@ -240,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="perovskites", choices=list(TASKS), help="ablations: the task")
     parser.add_argument("--size", default="500", help="ablations: the training size")
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="features: the first N records of each split (smoke runs)")
+    parser.add_argument("--extractors", nargs="+", default=None, help="features: a subset of ours_blocks ours_last chgnet composition")
     parser.add_argument("--work", default="work/bench_transfer")
     parser.add_argument("--out", default=None, help="default bench/results/transfer_<mode>.json")
     args = parser.parse_args(argv)

@@ -25,6 +25,15 @@ def test_every_benchmark_runs_on_a_small_slice(tmp_path):
         if name != "mean":
             assert row["stopped_by"] == "max_time" and row["steps"] > 0 and row["loop_seconds"] >= 8, name
     assert json.loads((tmp_path / "data.json").read_text()) and json.loads((tmp_path / "model.json").read_text())
+    curves = json.loads((tmp_path / "transfer_curves.json").read_text())["tasks"]["dcdft"]["sizes"]["all"]
+    for variant in ("pretrained", "scratch"):  # the shipped model against the same architecture from scratch
+        run = curves["runs"][variant][0]
+        assert run["test_mae"] > 0 and run["steps"] > 0 and curves[variant]["n"] == 1, variant
+    assert curves["ratio"]["mean"] == curves["runs"]["pretrained"][0]["test_mae"] / curves["runs"]["scratch"][0]["test_mae"]
+    features = json.loads((tmp_path / "transfer_features.json").read_text())["tasks"]["dcdft"]["rows"]
+    assert set(features) == {"mean", "ours_blocks", "ours_blocks+heads", "composition"}
+    assert features["ours_blocks+heads"]["width"] > features["ours_blocks"]["width"] > 64
+    assert all(features[k][m]["test_mae"] > 0 for k in features if k != "mean" for m in ("ridge", "mlp"))
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["inference"]["ours (small)"]["atoms_per_s"] > 0 and sum(speed["step_profile"]["share"].values()) > 0.99
     search = json.loads((tmp_path / "encoder_search.json").read_text())["candidates"]["small"]

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .._version import __version__
 from ..config import ConfigError, from_dict, to_dict
+from ..pretrained import available, pretrained_path
 from .config import ModelConfig
 from .foundation_model import FoundationModel
 from .tasks import TaskSpec
@@ -159,8 +160,6 @@ def resolve_export(path: str | Path) -> Path:
     `load_export` checks its contents."""
     path = Path(path)
     if not path.exists():
-        from ..pretrained import available, pretrained_path
-
         shipped = pretrained_path(path)
         if shipped is not None:
             return shipped
