@@ -92,10 +92,19 @@ def flat_scalars(metrics: dict[str, dict[str, dict[str, float]]]) -> dict[str, f
     }
 
 
+VERDICT_MARGIN = 0.01  # a head "learns" when it beats each bar by more than 1 %
+
+
 def head_verdict(value: float, mean: float | None, initial: float | None, higher_is_better: bool = False) -> str:
-    """"learns" when a head's final value beats both the mean predictor and its initial value;
-    otherwise which bar it misses ("" when neither bar is known)."""
-    better = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
+    """"learns" when a head's final value beats both the mean predictor and its initial value by
+    more than VERDICT_MARGIN (relative; a tie to the fourth digit is not learning); otherwise which
+    bar it misses ("" when neither bar is known)."""
+    if higher_is_better:
+        def better(a, b):
+            return a > b + VERDICT_MARGIN * abs(b)
+    else:
+        def better(a, b):
+            return a < b - VERDICT_MARGIN * abs(b)
     misses = [name for name, bar in (("mean", mean), ("initial", initial)) if bar is not None and not better(value, bar)]
     if mean is None and initial is None:
         return ""

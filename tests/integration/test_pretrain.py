@@ -108,7 +108,7 @@ def test_two_processes_train_and_the_loss_falls(trained):
     for (d, t), value in after.items():
         mean = summary["validation"][d][t]["mean_mae"]
         assert mean > 0
-        learns = value < mean and value < before[(d, t)]
+        learns = value < 0.99 * mean and value < 0.99 * before[(d, t)]
         assert (summary["heads"][f"{d}/{t}"] == "learns") == learns, (d, t, value, mean, before[(d, t)])
     ds_json = json.loads((run_dir / "deepspeed_config.json").read_text())
     assert ds_json["zero_optimization"]["stage"] == 1

@@ -71,5 +71,6 @@ def test_mean_predictor_is_scored_beside_each_head_and_the_verdict_needs_both_ba
     assert head_verdict(0.1, 0.5, 0.3) == "learns"
     assert head_verdict(0.4, 0.3, 0.5) == "NOT: no better than mean"
     assert head_verdict(0.9, 0.95, None, higher_is_better=True) == "NOT: no better than mean"
+    assert head_verdict(0.1381, 0.1382, 0.2) == "NOT: no better than mean"  # a tie is not learning
     table = summary_table({"toy": out}, {"energy": "eV"}, {"toy": {"energy": {"mae": 1.0, "n": 3}}})
     assert "mean pred." in table and "learns" in table.splitlines()[2] + table.splitlines()[3]
