@@ -58,7 +58,8 @@ def _card(name: str, meta: dict) -> str:
               f"`foundation embed {name} FILE --out f.npz`, `foundation finetune --config CFG --checkpoint {name}`.", "",
               "## Training", "",
               f"- command (from the repository root, `../shared/data` beside it): `{meta['command']}`",
-              f"- config: `{meta['config']}` (resolved: `metrics.json` → `config`)",
+              f"- config: `{meta['config']}` (resolved: `metrics.json` → `resolved_config`), code at commit "
+              f"`{meta['commit']}`",
               f"- {s['steps']:,} optimiser steps, {s['world_size']} processes, {s['atoms']:,} atoms seen, "
               f"{s['train_seconds'] / 60:.1f} min of training steps ({s['atoms_per_s']:,.0f} atoms/s), "
               f"{meta['wall_minutes']:.1f} min wall clock",
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", required=True, help="the command that trained the run (for the card)")
     p.add_argument("--max-mb", type=float, default=20.0)
     p.add_argument("--wall-minutes", type=float, default=None, help="the command's wall clock, if timed")
+    p.add_argument("--config", default="configs/pretrain/corpus.yaml", help="the run's config (for the card)")
+    p.add_argument("--commit", default=None, help="the git commit the run was trained at (for the card)")
     args = p.parse_args(argv)
     run = args.run if args.run.is_absolute() else ROOT / args.run
     export = run / "export"
@@ -113,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((run / "summary.json").read_text())
     import yaml
 
+    from foundation.metrics import head_verdict
+
+    for d, tasks in summary["validation"].items():  # the verdicts of the current rule (metrics.head_verdict)
+        for t, ms in tasks.items():
+            key = "roc_auc" if "roc_auc" in ms else "mae"
+            initial = summary["initial_validation"].get(d, {}).get(t, {}).get(key)
+            summary["heads"][f"{d}/{t}"] = head_verdict(ms[key], 0.5 if key == "roc_auc" else ms.get("mean_mae"),
+                                                        initial, key == "roc_auc")
     from foundation.model import load_export
 
     model = load_export(export)
@@ -120,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     target.mkdir(parents=True, exist_ok=True)
     for f in ("model.safetensors", "config.json"):
         shutil.copyfile(export / f, target / f)
-    meta = {"name": args.name, "command": args.command, "config": yaml.safe_load((run / "config.yaml").read_text()).get(
-                "source_config", "configs/pretrain/corpus.yaml"),
+    meta = {"name": args.name, "command": args.command, "config": args.config, "commit": args.commit,
             "summary": {k: v for k, v in summary.items()}, "datasets": _datasets(run),
             "machine": _machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime((run / "summary.json").stat().st_mtime)),
             "bytes": size, "sha256": hashlib.sha256((export / "model.safetensors").read_bytes()).hexdigest(),
