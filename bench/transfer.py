@@ -84,7 +84,8 @@ def _spread(values: list[float]) -> dict:
 
 def curves(args) -> dict:
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "processes": args.nproc,
-           "budget": args.budget, "checkpoint": args.checkpoint, "seeds": args.seeds, "tasks": {}}
+           "budget": args.budget, "checkpoint": args.checkpoint, "seeds": args.seeds,
+           "pretrained_args": args.pretrained_args, "tasks": {}}
     start = time.perf_counter()
     for task in args.tasks:
         sizes = ["all"] if task == "dcdft" else args.sizes  # 71 crystals: one point
@@ -93,6 +94,7 @@ def curves(args) -> dict:
             runs = {v: [] for v in VARIANTS}
             for seed in args.seeds:
                 for variant, extra in VARIANTS.items():
+                    extra = extra + (args.pretrained_args if variant == "pretrained" else [])
                     print(f"[{time.perf_counter() - start:6.0f} s] {task} train {size} seed {seed}: {variant}", flush=True)
                     summary = run_finetune(_arguments(task, args.checkpoint, args.budget, size, seed, extra),
                                            ROOT / args.work / task / size / f"{variant}-{seed}", args.nproc)
@@ -261,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="perovskites", choices=list(TASKS), help="ablations: the task")
     parser.add_argument("--size", default="500", help="ablations: the training size")
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--pretrained-args", nargs="*", default=[],
+                        help="curves: overrides for the pretrained variant only, chosen on validation by "
+                             "`ablations` (e.g. lr_decay=0.5)")
     parser.add_argument("--limit", type=int, default=None, help="features: the first N records of each split (smoke runs)")
     parser.add_argument("--extractors", nargs="+", default=None, help="features: a subset of ours_blocks ours_last chgnet composition")
     parser.add_argument("--work", default="work/bench_transfer")
