@@ -121,7 +121,10 @@ def ablations(args) -> dict:
             summary = run_finetune(_arguments(args.task, args.checkpoint, args.budget, args.size, seed, extra),
                                    ROOT / args.work / "ablations" / args.task / f"{name}-{seed}", args.nproc)
             runs.append(_score(summary, TASKS[args.task][1]))
-        out["variants"][name] = {"runs": runs, **_spread([r["test_mae"] for r in runs])}
+        out["variants"][name] = {"runs": runs, **_spread([r["test_mae"] for r in runs]),
+                                 "val": _spread([r["val_mae"] for r in runs])}
+        print(f"    {name}: val {out['variants'][name]['val']['mean']:.4f}, test {out['variants'][name]['mean']:.4f}",
+              flush=True)
     return out
 
 
