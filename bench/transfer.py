@@ -6,6 +6,7 @@ writes bench/results/transfer*.json (+ PNG).
                                        [--seeds 0 1 2] [--budget 40s]
     python bench/transfer.py ablations [--task perovskites] [--size 500] [--seeds 0 1 2]
     python bench/transfer.py features  [--tasks log_kvrh log_gvrh perovskites]
+    python bench/transfer.py plot --inputs A.json B.json [--out bench/results/transfer_curves.png]
 
 curves: every point is two real `launch/finetune.py` runs under torchrun (DeepSpeed engine, EMA,
 best validation weights exported, test split scored once), identical but for the encoder's
@@ -255,9 +256,19 @@ def curves_plot(results: dict, path: Path) -> None:
     fig.savefig(path, format="png")
 
 
+def merged(paths: list[str]) -> dict:
+    """The curves of several `curves` runs (e.g. small sizes and "all" at different budgets) in one."""
+    out: dict = {"tasks": {}, "inputs": paths}
+    for path in paths:
+        for task, entry in json.loads((ROOT / path).read_text())["tasks"].items():
+            out["tasks"].setdefault(task, {**entry, "sizes": {}})["sizes"].update(entry["sizes"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("curves", "ablations", "features"))
+    parser.add_argument("mode", choices=("curves", "ablations", "features", "plot"))
+    parser.add_argument("--inputs", nargs="+", default=[], help="plot: curves JSON files to draw together")
     parser.add_argument("--checkpoint", default="small-corpus", help="the pretrained export (path or shipped name)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--sizes", nargs="+", default=["100", "500", "all"])
@@ -274,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="work/bench_transfer")
     parser.add_argument("--out", default=None, help="default bench/results/transfer_<mode>.json")
     args = parser.parse_args(argv)
+    if args.mode == "plot":
+        out = ROOT / (args.out or "bench/results/transfer_curves.png")
+        curves_plot(merged(args.inputs), out)
+        print(f"-> {out}")
+        return 0
     if args.mode == "features" and args.tasks == list(TASKS):
         args.tasks = ["log_kvrh", "log_gvrh", "perovskites"]
     results = {"curves": curves, "ablations": ablations, "features": features}[args.mode](args)
