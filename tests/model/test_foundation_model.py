@@ -103,7 +103,9 @@ def test_constructor_refuses_inconsistent_inputs():
 def test_encoder_alone(batch):
     encoder = Encoder(CONFIG, dtype=torch.float64)
     out = encoder(batch)
-    assert set(out) == {"node_features", "node_invariants", "graph_features"}
+    assert set(out) == {"node_features", "node_invariants", "graph_features", "block_features"}
+    assert out["block_features"].shape == (batch.n_graphs, encoder.n_block_features)
+    torch.testing.assert_close(out["block_features"][:, -CONFIG.n_scalars:], out["graph_features"])
     assert out["node_features"].shape == (batch.positions.shape[0], encoder.irreps_out.dim)
     assert out["node_invariants"].shape == (batch.positions.shape[0], CONFIG.n_scalars)
     assert out["graph_features"].shape == (batch.n_graphs, CONFIG.n_scalars)
