@@ -28,6 +28,7 @@ import numpy as np
 
 from _common import ROOT, machine, run_finetune
 from foundation.data.shards import LoaderConfig, build_loader
+from foundation.pretrained import pretrained_path
 
 # task -> (finetune config, the task scored)
 TASKS = {
@@ -93,7 +94,8 @@ def run(tasks: list[str], models: list[str], budget: str, checkpoint: str, nproc
     for task in tasks:
         rows, summary = {}, None
         for model in models:
-            if model == "ours_pretrained" and not Path(ROOT / checkpoint).exists() and not Path(checkpoint).exists():
+            if model == "ours_pretrained" and not Path(ROOT / checkpoint).exists() and not Path(checkpoint).exists() \
+                    and pretrained_path(checkpoint) is None:
                 rows[model] = {"skipped": f"no checkpoint {checkpoint} (run the README's main job first)"}
                 continue
             print(f"[{time.perf_counter() - start:6.0f} s] {task}: {model}, {budget}, train {size}", flush=True)
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--budget", default="10m", help="wall-clock budget of every model and task")
-    parser.add_argument("--checkpoint", default="runs/sample/export", help="the pretrained export")
+    parser.add_argument("--checkpoint", default="runs/sample/export",
+                        help="the pretrained export (a path, or a shipped name such as small-corpus)")
     parser.add_argument("--nproc", type=int, default=2, help="processes per run (torchrun)")
     parser.add_argument("--quick", action="store_true", help="400 perovskites, 8 s a model (the test suite's run)")
     parser.add_argument("--sizes", nargs="+", default=["all"],
