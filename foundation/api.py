@@ -203,6 +203,10 @@ class Embedder:
         """F: features per atom and per structure."""
         return self.encoder.n_invariants
 
+    def width(self, level: str = "structure") -> int:
+        """Features per row at `level`: F, or F_all for "blocks"."""
+        return self.encoder.n_block_features if level == "blocks" else self.n_features
+
     def embed(self, structures: Iterable[Any], level: str = "structure", batch_size: int = 64,
               progress: bool = False) -> np.ndarray:
         """Encoder features of `structures`, in input order, in the model's dtype.
@@ -232,8 +236,7 @@ class Embedder:
                 parts.append(_numpy(self.encoder(batch)[key]))  # [n_graphs or n_atoms, F]
                 bar.update(batch.n_graphs)
         if not parts:
-            width = self.encoder.n_block_features if level == "blocks" else self.n_features
-            return np.zeros((0, width), dtype=_np_dtype(dtype))
+            return np.zeros((0, self.width(level)), dtype=_np_dtype(dtype))
         return np.concatenate(parts)
 
 

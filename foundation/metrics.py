@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import log_loss, r2_score, roc_auc_score
 
-__all__ = ["labelled_pairs", "regression_metrics", "classification_metrics", "label_mask", "flat_scalars", "summary_table", "head_verdict",
+__all__ = ["labelled_pairs", "regression_metrics", "classification_metrics", "label_mask", "flat_scalars", "summary_table", "head_verdict", "head_verdicts",
            "eval_log_line", "metrics_table"]
 
 
@@ -111,12 +111,27 @@ def head_verdict(value: float, mean: float | None, initial: float | None, higher
     return "learns" if not misses else "NOT: " + ", ".join(f"no better than {m}" for m in misses)
 
 
+def head_verdicts(metrics: dict[str, dict[str, dict[str, float]]],
+                  initial: dict[str, dict[str, dict[str, float]]] | None = None) -> dict[str, str]:
+    """{"dataset/task": verdict} (`head_verdict`; bars: the mean predictor's MAE, or ROC-AUC 0.5, and
+    the initial value): which heads learned, which did not."""
+    out = {}
+    for d, tasks in metrics.items():
+        for t, ms in tasks.items():
+            key = "roc_auc" if "roc_auc" in ms else "mae"
+            mean = 0.5 if key == "roc_auc" else ms.get("mean_mae")
+            before = (initial or {}).get(d, {}).get(t, {}).get(key)
+            out[f"{d}/{t}"] = head_verdict(ms[key], mean, before, key == "roc_auc")
+    return out
+
+
 def summary_table(metrics: dict[str, dict[str, dict[str, float]]], units: dict[str, str],
                   initial: dict[str, dict[str, dict[str, float]]] | None = None) -> str:
     """A fixed-width table: dataset, task, metric, value, unit, n, the mean predictor's value (where
     known), the initial value (if given) and the verdict: a head "learns" when it beats both."""
     header = ("dataset", "task", "metric", "value", "unit", "n", "mean pred.") + (("initial",) if initial else ()) + ("verdict",)
     rows = [header]
+    verdicts = head_verdicts(metrics, initial)
     for d, tasks in metrics.items():
         for t, ms in tasks.items():
             for m, v in ms.items():
@@ -126,11 +141,10 @@ def summary_table(metrics: dict[str, dict[str, dict[str, float]]], units: dict[s
                 mean = 0.5 if m == "roc_auc" else ms.get("mean_mae")
                 row = (d, t, m.upper() if m == "mae" else "ROC-AUC", f"{v:.4g}", unit, str(int(ms["n"])),
                        "" if mean is None else f"{mean:.4g}")
-                before = None
                 if initial:
                     before = initial.get(d, {}).get(t, {}).get(m)
                     row += ("" if before is None else f"{before:.4g}",)
-                row += (head_verdict(v, mean, before, higher_is_better=m == "roc_auc"),)
+                row += (verdicts[f"{d}/{t}"],)
                 rows.append(row)
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]

@@ -118,14 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((run / "summary.json").read_text())
     import yaml
 
-    from foundation.metrics import head_verdict
+    from foundation.metrics import head_verdicts
 
-    for d, tasks in summary["validation"].items():  # the verdicts of the current rule (metrics.head_verdict)
-        for t, ms in tasks.items():
-            key = "roc_auc" if "roc_auc" in ms else "mae"
-            initial = summary["initial_validation"].get(d, {}).get(t, {}).get(key)
-            summary["heads"][f"{d}/{t}"] = head_verdict(ms[key], 0.5 if key == "roc_auc" else ms.get("mean_mae"),
-                                                        initial, key == "roc_auc")
+    summary["heads"] = head_verdicts(summary["validation"], summary["initial_validation"])  # the current rule
     from foundation.model import load_export
 
     model = load_export(export)

@@ -29,8 +29,7 @@ def _embed_main(args: argparse.Namespace) -> int:
             bar.update(len(chunk))
     report(len(kept), rejects)
     n_atoms = np.array([r.crystal.n_atoms for r in kept], dtype=np.int64)
-    width = embedder.encoder.n_block_features if args.level == "blocks" else embedder.n_features
-    features = np.concatenate(parts) if parts else np.zeros((0, width))
+    features = np.concatenate(parts) if parts else np.zeros((0, embedder.width(args.level)))
     extra = {}
     if args.level == "atom":
         extra = {"offsets": np.concatenate([[0], np.cumsum(n_atoms)]),

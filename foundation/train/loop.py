@@ -25,7 +25,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .checkpoint import save_checkpoint
-from ..metrics import eval_log_line, flat_scalars, head_verdict, summary_table
+from ..metrics import eval_log_line, flat_scalars, head_verdicts, summary_table
 from .config import CheckpointConfig, EvalConfig, LogConfig, OptimizerConfig, ScheduleConfig
 from .distributed import DistInfo, all_reduce
 from .ema import EMA
@@ -321,14 +321,3 @@ class Trainer:
                 log.info("loss weights per task (uncertainty: exp(-s_t), learned): %s",
                          ", ".join(f"{k} {v:.3g}" for k, v in out["task_weights"].items()))
         return out
-
-
-def head_verdicts(metrics: dict[str, Any], initial: dict[str, Any]) -> dict[str, str]:
-    """{"dataset/task": verdict} (`metrics.head_verdict`): which heads learned, which did not."""
-    out = {}
-    for d, tasks in metrics.items():
-        for t, ms in tasks.items():
-            key = "roc_auc" if "roc_auc" in ms else "mae"
-            mean = 0.5 if key == "roc_auc" else ms.get("mean_mae")
-            out[f"{d}/{t}"] = head_verdict(ms[key], mean, initial.get(d, {}).get(t, {}).get(key), key == "roc_auc")
-    return out
