@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from ..config import ConfigError
 from ..train.deepspeed_config import deepspeed_config
+from ..train.distributed import LauncherEnvError
+from ..train.watchdog import EXIT_LOST_RANK, LostRankError
 from ..train.resolve import describe, validate
 from ..train.run import run
 from ..train.run_config import RunConfig
@@ -40,4 +42,10 @@ def train_main(args: argparse.Namespace, build: Callable[[argparse.Namespace], R
     except ConfigError as exc:  # found once the data is read (a target the data does not carry)
         print(f"foundation {command}: config error: {exc}", file=sys.stderr)
         return 2
+    except LauncherEnvError as exc:
+        print(f"foundation {command}: launcher environment error: {exc}", file=sys.stderr)
+        return 2
+    except LostRankError as exc:  # a peer left: say which, exit in bounded time, worth a retry
+        print(f"foundation {command}: lost rank: {exc}", file=sys.stderr, flush=True)
+        return EXIT_LOST_RANK
     return 0

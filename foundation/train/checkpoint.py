@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 MARKER = "complete.json"
 DS_TAG = "deepspeed"
 _PREFIX = "step_"
+KILL_IN_WRITE_ENV = "FOUNDATION_TEST_KILL_IN_CHECKPOINT"  # a step: rank 0 SIGKILLs itself mid-write (tests)
 
 
 def step_dir(root: Path, step: int) -> Path:
@@ -144,6 +146,9 @@ def save_checkpoint(
     rank_file = tmp / f"rank_{info.rank:05d}.safetensors"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(rank_file), metadata=meta)
     _fsync(rank_file)
+    if info.is_main and os.environ.get(KILL_IN_WRITE_ENV) == str(step):
+        # Test hook (tests/integration): die the way a node does, in the middle of this write.
+        os.kill(os.getpid(), signal.SIGKILL)
     if info.is_main:
         if ema_state is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / "ema.safetensors"))
@@ -166,6 +171,7 @@ class ResumePlan:
     load_dir: str = ""  # engine.load_checkpoint(load_dir, tag=DS_TAG)
     step: int = 0
     saved_world_size: int = 0
+    batch: dict | None = None  # the saved run's world_size, grad_accum, max_atoms (train_state "batch")
 
 
 def _is_partitioned(ds_dir: Path) -> bool:
@@ -206,20 +212,20 @@ def _decide(root: Path, cfg: CheckpointConfig, info: DistInfo) -> ResumePlan:
             os.rename(ckpt, bad)
             continue
         state = json.loads((ckpt / "train_state.json").read_text())
-        saved, step = int(state["world_size"]), int(state["step"])
+        saved, step, batch = int(state["world_size"]), int(state["step"]), state.get("batch") or None
         if saved == info.world_size or not _is_partitioned(ckpt / DS_TAG):
-            return ResumePlan("exact", str(ckpt), str(ckpt), step, saved)
+            return ResumePlan("exact", str(ckpt), str(ckpt), step, saved, batch)
         if cfg.world_size_change == "universal":
             try:
                 out = _convert_universal(ckpt / DS_TAG, root / "universal" / ckpt.name)
                 log.warning("world size %d -> %d: resuming from a universal conversion of %s",
                             saved, info.world_size, ckpt.name)
-                return ResumePlan("universal", str(ckpt), str(out), step, saved)
+                return ResumePlan("universal", str(ckpt), str(out), step, saved, batch)
             except Exception as exc:  # any converter failure falls back to the weights
                 log.warning("universal conversion of %s failed (%s); loading weights only", ckpt, exc)
         log.warning("world size %d -> %d: loading the weights of %s only, the optimiser restarts",
                     saved, info.world_size, ckpt.name)
-        return ResumePlan("weights_only", str(ckpt), str(ckpt), step, saved)
+        return ResumePlan("weights_only", str(ckpt), str(ckpt), step, saved, batch)
     return ResumePlan("fresh")
 
 

@@ -86,12 +86,22 @@ class DistributedConfig:
     grad_clip: float = 1.0  # global L2 norm; 0 disables
     fp16_initial_scale_power: int = 16  # dynamic loss scale starts at 2**this
     fp16_loss_scale_window: int = 1000
-    timeout_s: int = 1800  # collective timeout
+    timeout_s: int = 1800  # collective timeout (long: rank 0 may build shards while the others wait)
+    # A rank whose heartbeat stops for this long (killed, its node lost) ends every other rank with
+    # an error naming it, instead of a hang until `timeout_s` (watchdog.py); 0 disables.
+    heartbeat_timeout_s: float = 60.0
+    # Signals that mean "pre-empted": checkpoint at the end of the current step, exit 0 (preemption.py)
+    preempt_signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")
 
     def __post_init__(self):
         _require(self.zero_stage in (0, 1, 2, 3), f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         _require(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         _require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        from .preemption import check_signal_names
+
+        check_signal_names(self.preempt_signals)
+        _require(self.heartbeat_timeout_s == 0 or self.heartbeat_timeout_s >= 1,
+                 f"heartbeat_timeout_s must be 0 (off) or >= 1 s, got {self.heartbeat_timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,11 @@ class Trainer:
         self.units = {t.name: t.unit for t in tasks}
         self._logs: dict[str, list[float]] = defaultdict(list)
         self.last_metrics: dict[str, Any] = {}
-        self.stopped_by: str | None = None  # "max_steps" | "max_time" | "early_stopping"
+        self.stopped_by: str | None = None  # "max_steps" | "max_time" | "early_stopping" | "preempted"
+        # Set by a signal handler (preemption.py): {"signal": name}; all-reduced every micro-step.
+        self.preemption = None
+        self.preempted_by: str | None = None
+        self.batch: dict[str, int] = {}  # world_size, grad_accum, max_atoms: kept by a resume on another world size
         self.initial_metrics: dict[str, Any] = {}
 
     # -- one micro-step -------------------------------------------------------------------
@@ -135,9 +139,12 @@ class Trainer:
         batch = self.prepare(next(self.stream))
         loss, logs, _ = self.engine(batch)
         finite = bool(torch.isfinite(loss.detach()).all())
+        signalled = self.preemption is not None and self.preemption.requested is not None
         local = torch.tensor([0.0 if finite else 1.0, float(loss.detach()) if finite else 0.0,
-                              float(batch.n_atoms.sum())], dtype=torch.float64)
+                              float(batch.n_atoms.sum()), 1.0 if signalled else 0.0], dtype=torch.float64)
         red = all_reduce(local, self.info).cpu()
+        if red[3] > 0 and self.preempted_by is None:  # every rank learns it at the same micro-step
+            self.preempted_by = self.preemption.requested if signalled else "a signal to another rank"
         if self.s.max_time is not None:  # every rank takes the slowest rank's clock
             clock = torch.tensor([self._wall0 + time.perf_counter() - self._start], dtype=torch.float64)
             self.state.wall_s = float(all_reduce(clock, self.info, op="max").cpu()[0])
@@ -209,7 +216,8 @@ class Trainer:
     def checkpoint(self) -> Path:
         return save_checkpoint(
             self.engine, self.run_dir / "checkpoints", self.state.step,
-            {"train": asdict(self.state), "zero_stage": self.zero_stage, "data": self.stream.state_dict()},
+            {"train": asdict(self.state), "zero_stage": self.zero_stage, "data": self.stream.state_dict(),
+             "batch": self.batch},
             self.stream.state_dict(),
             self.ema.state_dict() if self.ema is not None else None,
             self.info, self.s.checkpoint,
@@ -269,8 +277,20 @@ class Trainer:
             if stop:
                 self.stopped_by = "early_stopping"
                 break
+            if self.preempted_by is not None:  # at an optimiser-step boundary: a consistent checkpoint
+                if last_ckpt != step:
+                    self.checkpoint()
+                    last_ckpt = step
+                self.stopped_by = "preempted"
+                if self.info.is_main:
+                    log.warning("pre-empted (%s) at step %d: checkpoint %s written; no export. The same command "
+                                "resumes from it.", self.preempted_by, step,
+                                self.run_dir / "checkpoints" / f"step_{step:09d}")
+                break
         bar.close()
         self.stopped_by = self.stopped_by or self._spent()
+        if self.stopped_by == "preempted":
+            return self.summary()
         if last_eval != self.state.step:
             self.evaluate()
         if last_ckpt != self.state.step:
@@ -295,6 +315,7 @@ class Trainer:
         out = {
             "steps": self.state.step,
             "stopped_by": self.stopped_by,
+            **({"preempted_by": self.preempted_by} if self.preempted_by else {}),
             "wall_seconds": self.state.wall_s if self.s.max_time is not None else None,
             "max_steps": self.s.max_steps,
             "max_time": self.s.max_time,

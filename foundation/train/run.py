@@ -12,6 +12,7 @@ heads, scored on the validation and test splits when `final_eval` is set.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -28,15 +29,17 @@ from ..metrics import metrics_table
 from ..model import save_export
 from . import checkpoint as ck
 from .datasets import check_labels, make_stream, make_val_splits, prepare_shards, resume_position
-from .distributed import DistInfo, barrier, broadcast_text, setup, teardown
+from .distributed import DistInfo, barrier, broadcast_text, lost_rank_reason, setup, teardown
 from .early_stopping import EarlyStopping
 from .ema import EMA
 from .engine import build_engine, compute_dtype, gathered
 from .loop import LoopSettings, Trainer
 from .normalization import mean_predictors, task_statistics
+from .preemption import Preemption
 from .resolve import Resolved
 from .rng import seed_everything
 from .validation import split_metrics
+from .watchdog import LostRankError
 from .weights import build_objective, export_model, lr_scales
 
 __all__ = ["run", "setup_logging"]
@@ -83,18 +86,49 @@ def _trainer(res: Resolved, engine, ema, dirs: dict[str, str], info: DistInfo, o
                    baselines=mean_predictors(res.tasks, dirs))
 
 
+def _keep_effective_batch(res: Resolved, plan: ck.ResumePlan, info: DistInfo) -> Resolved:
+    """On resume, the checkpoint's batch: the same atoms per optimiser step on any world size.
+
+    A step of the saved run averaged `world_size x grad_accum` micro-batches of `max_atoms` atoms;
+    on W ranks the same step takes grad_accum = that / W when it divides, else one micro-batch of
+    proportionally more (or fewer) atoms. So 2 -> 1 ranks doubles grad_accum, 1 -> 2 halves it (or
+    max_atoms). The learning-rate schedule and step count continue unchanged."""
+    batch = plan.batch
+    if plan.mode == "fresh" or not batch:
+        return res
+    cfg, loader = res.config, res.loader
+    per_step = int(batch["world_size"]) * int(batch["grad_accum"])  # micro-batches per optimiser step
+    if per_step % info.world_size == 0:
+        accum, max_atoms = per_step // info.world_size, int(batch["max_atoms"])
+    else:
+        accum, max_atoms = 1, max(1, round(int(batch["max_atoms"]) * per_step / info.world_size))
+    if (accum, max_atoms) == (cfg.distributed.grad_accum, loader.max_atoms):
+        return res
+    if info.is_main:
+        log.warning("resuming a run of %d rank(s) x grad_accum %d x %d atoms on %d rank(s): grad_accum %d, max_atoms "
+                    "%d keep the checkpoint's %d atoms per optimiser step (the config's grad_accum %d and max_atoms %d "
+                    "are not used on resume)", batch["world_size"], batch["grad_accum"], batch["max_atoms"],
+                    info.world_size, accum, max_atoms, per_step * int(batch["max_atoms"]),
+                    cfg.distributed.grad_accum, loader.max_atoms)
+    cfg = dataclasses.replace(cfg, distributed=dataclasses.replace(cfg.distributed, grad_accum=accum))
+    return dataclasses.replace(res, config=cfg, loader=dataclasses.replace(loader, max_atoms=max_atoms))
+
+
 def _engine(res: Resolved, objective, info: DistInfo):
-    """(engine, resume plan): a run that does not resume starts without the earlier checkpoints."""
+    """(engine, resume plan, ds_config, res): a run that does not resume starts without the earlier
+    checkpoints; one that does keeps the checkpoint's batch (`_keep_effective_batch`, in the returned res)."""
     cfg, run_dir = res.config, Path(res.config.run_dir)
     if info.is_main and not cfg.checkpoints.resume and (run_dir / "checkpoints").is_dir():
         log.info("removing the checkpoints of an earlier run in %s (checkpoints.resume is false)", run_dir)
         shutil.rmtree(run_dir / "checkpoints")
     barrier(info)
     plan = ck.plan_resume(run_dir / "checkpoints", cfg.checkpoints, info)
+    res = _keep_effective_batch(res, plan, info)
+    cfg = res.config
     scale = lr_scales(cfg.lr_decay, res.model.n_layers) if cfg.lr_decay < 1 else None
     engine, ds_config = build_engine(objective, cfg.distributed, cfg.optimizer, info,
                                      load_universal=plan.mode == "universal", lr_scale=scale)
-    return engine, plan, ds_config
+    return engine, plan, ds_config, res
 
 
 def _final(res: Resolved, model, dirs: dict[str, str], info: DistInfo) -> dict[str, Any]:
@@ -171,14 +205,15 @@ def _finish(res: Resolved, trainer: Trainer, training: dict[str, Any], evaluated
     return json.loads(text)
 
 
-def _train(res: Resolved, split, info: DistInfo) -> dict[str, Any]:
+def _train(res: Resolved, split, info: DistInfo, preemption: Preemption) -> dict[str, Any]:
     cfg = res.config
     dirs = prepare_shards(res, info, split)
     counts = check_labels(res, dirs, report=info.is_main)
     stats = task_statistics(res.tasks, dirs)
     objective = build_objective(res, stats)
     ema = EMA(objective, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
-    engine, plan, ds_config = _engine(res, objective, info)
+    engine, plan, ds_config, res = _engine(res, objective, info)
+    cfg = res.config
     if info.is_main:
         _write_record(Path(cfg.run_dir), res, ds_config, dirs)
     seed_everything(cfg.seed * 1000 + info.rank)  # per-rank randomness from here on
@@ -186,6 +221,8 @@ def _train(res: Resolved, split, info: DistInfo) -> dict[str, Any]:
     has_val = any(c["splits"]["val"]["records"] for c in counts.values())
     stopper = EarlyStopping(cfg.early_stopping, cfg.early_stopping.enabled and has_val, res.tasks, stats, evaluated)
     trainer = _trainer(res, engine, ema, dirs, info, stopper)
+    trainer.batch = {"world_size": info.world_size, "grad_accum": cfg.distributed.grad_accum,
+                     "max_atoms": res.loader.max_atoms}
     train_state, data_state = ck.restore(engine, plan, ema, info)
     trainer.load_state(train_state, data_state)
     if plan.mode != "fresh" and data_state is None and "data" in train_state:
@@ -197,9 +234,13 @@ def _train(res: Resolved, split, info: DistInfo) -> dict[str, Any]:
     log.info("%s %s: %d rank(s) on %s (%s), ZeRO %d, %s, up to %s, resume: %s at step %d", cfg.recipe,
              cfg.run_dir, info.world_size, info.device, info.backend, cfg.distributed.zero_stage,
              cfg.distributed.precision, budget, plan.mode, trainer.state.step)
+    trainer.preemption = preemption
     training = trainer.run()
     if trainer.writer is not None:
         trainer.writer.close()
+    if training["stopped_by"] == "preempted":  # the checkpoint is written; leave within the warning time
+        barrier(info)
+        return {**training, "export": None, "run_dir": cfg.run_dir}
     return _finish(res, trainer, training, evaluated, stopper, dirs, counts, info)
 
 
@@ -209,9 +250,18 @@ def run(res: Resolved, *, split=None, local_rank: int | None = None) -> dict[str
     and `to_json() -> dict` replacing the hash split of the datasets (part of the shard cache key).
     Starts and ends its own process group (one plain process when no launcher set one up), so it
     can be called several times in one process."""
-    info = setup(res.config.distributed.device, res.config.distributed.timeout_s, local_rank)
+    dist = res.config.distributed
+    info = setup(dist.device, dist.timeout_s, local_rank, heartbeat_timeout_s=dist.heartbeat_timeout_s)
     setup_logging(info.rank)
     try:
-        return _train(res, split, info)
+        # The handlers go in first: a pre-emption signal during the set-up is acted on at the first step.
+        with Preemption(dist.preempt_signals) as preemption:
+            return _train(res, split, info, preemption)
+    except Exception as exc:
+        reason = lost_rank_reason(exc) if info.world_size > 1 else None
+        if reason is None:
+            raise
+        raise LostRankError(f"{reason}; rank {info.rank} stops here. The sealed checkpoints in {res.config.run_dir} "
+                            "are valid: the same command resumes from the newest") from exc
     finally:
         teardown()

@@ -5,87 +5,29 @@ export against the checkpoint, and config errors that stop before any process gr
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from run_fixtures import ROOT, clean_env, one_node, sample_config
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared" / "data"
 STEPS = 12
 
 
 def _config(cache: Path) -> dict:
-    frac = [0.7, 0.3, 0.0]
-    return {
-        "cache_dir": str(cache),
-        "model": str(ROOT / "configs/model/tiny.yaml"),
-        "max_steps": STEPS,
-        "seed": 3,
-        "loader": {"max_atoms": 160, "temperature": 2.0},
-        "datasets": {
-            "oqmd": {"path": str(DATA / "oqmd/formationenergy.jsonl.gz"), "format": "oqmd", "limit": 60, "fractions": frac},
-            "mp": {"path": str(DATA / "materials_project/summary.jsonl.gz"), "format": "mp_summary", "limit": 60,
-                   "fractions": frac},
-            "lips": {"path": str(DATA / "lips/frames.extxyz"), "format": "extxyz", "limit": 20, "fractions": frac},
-            "oc22": {"lmdb_from_pickles": [str(DATA / "oc22/oc22_pickle16_val.pkl")], "format": "oc20_lmdb",
-                     "options": {"source": "oc22"}, "fractions": frac},
-        },
-        "tasks": [
-            {"name": "formation_energy", "target": "formation_energy_per_atom", "datasets": ["oqmd", "mp"]},
-            {"name": "band_gap", "target": "band_gap", "datasets": ["oqmd", "mp"]},
-            {"name": "is_metal", "target": "is_metal", "datasets": ["mp"]},
-            {"name": "lips_energy", "target": "energy", "datasets": ["lips"]},
-            {"name": "lips_forces", "target": "forces", "forces_of": "lips_energy", "datasets": ["lips"]},
-            {"name": "oc22_energy", "target": "energy", "datasets": ["oc22"]},
-            {"name": "oc22_forces", "target": "forces", "forces_of": "oc22_energy", "datasets": ["oc22"]},
-        ],
-        "optimizer": {"lr": 5.0e-3, "weight_decay": 0.0},
-        "schedule": {"warmup_steps": 2, "min_lr_ratio": 0.1},
-        "ema": {"decay": 0.5},
-        "distributed": {"device": "cpu", "zero_stage": 1},
-        "checkpoints": {"every": 6, "keep": 3},
-        "eval": {"every": STEPS, "at_start": True},
-        "log": {"every": 1, "progress": False},
-    }
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return sample_config(cache, STEPS)
 
 
 def _launch(config: Path, nproc: int, *overrides: str) -> str:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    script = [str(ROOT / "launch/pretrain.py"), "--config", str(config), *overrides]
-    cmd = [sys.executable, *script] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_port", str(_port()), *script]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(one_node(config, nproc, *overrides), env=clean_env(), capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     return out
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    """One 2-process run (also the shard build, once per session)."""
-    base = tmp_path_factory.mktemp("pretrain")
-    config = base / "config.yaml"
-    config.write_text(yaml.safe_dump(_config(base / "cache")))
-    run_dir = base / "run"
-    out = _launch(config, 2, f"run_dir={run_dir}")
-    return config, run_dir, out
 
 
 def _errors(metrics: dict) -> dict[tuple[str, str], float]:
