@@ -1,0 +1,56 @@
+"""The heartbeat on a bare 2-process group: a rank that finished while another waits is named, a
+frozen rank (no connection drops) ends the waiting one within the timeout, exit 75."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from foundation.train.watchdog import EXIT_LOST_RANK
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).with_name("heartbeat_run.py")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(mode: str, timeout: float) -> tuple[subprocess.Popen, float]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_port()),
+           str(SCRIPT), mode, str(timeout)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True), time.time()
+
+
+def test_a_rank_that_finished_is_named_by_the_one_still_waiting():
+    proc, t0 = _launch("finish", 6)
+    out, _ = proc.communicate(timeout=120)
+    assert "rank 1 (host" in out and "finished its run while this rank was still in it" in out, out[-3000:]
+    assert "BARRIER PASSED" not in out
+
+
+def test_a_frozen_rank_ends_the_waiting_one_within_the_timeout():
+    proc, t0 = _launch("stop", 6)
+    try:
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun SIGKILLs the frozen rank itself after 30 s
+        except ProcessLookupError:
+            pass
+    took = time.time() - t0
+    assert "has sent no heartbeat" in out and "rank 1 (host" in out, out[-3000:]
+    assert f"exit {EXIT_LOST_RANK}" in out and took < 60, took
