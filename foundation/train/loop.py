@@ -307,8 +307,24 @@ class Trainer:
             weights = loss.weights().detach().float().cpu().tolist()
         return {t.name: w for t, w in zip(loss.tasks, weights)}
 
+    _DATA_COUNTERS = ("records", "missing_records", "corrupt_shards", "unreachable_shards", "checksum_failures",
+                      "fetch_retries", "replaced_batches", "oversize_batches")
+
+    def _data_counters(self) -> dict[str, int]:
+        """Collective: the training loader's counters summed over ranks (what unreadable or
+        unreachable shards cost, in records)."""
+        counters = getattr(getattr(self.stream, "loader", None), "counters", None) or {}
+        local = torch.tensor([float(counters.get(k, 0)) for k in self._DATA_COUNTERS], dtype=torch.float64)
+        total = all_reduce(local, self.info).cpu().tolist()
+        return {k: int(v) for k, v in zip(self._DATA_COUNTERS, total)}
+
     def summary(self) -> dict[str, Any]:
         """Collective (peak memory is reduced over ranks). Rank 0 writes summary.json and the table."""
+        data = self._data_counters()
+        if self.info.is_main and (data["missing_records"] or data["fetch_retries"]):
+            log.warning("training data: %d records missing from %d skipped shard(s) (%d unreachable, %d failing "
+                        "their checksum); %d fetch retries", data["missing_records"], data["corrupt_shards"],
+                        data["unreachable_shards"], data["checksum_failures"], data["fetch_retries"])
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
         cuda = torch.cuda.max_memory_allocated() / 2**20 if self.info.device.type == "cuda" else 0.0
         peak = all_reduce(torch.tensor([rss, cuda], dtype=torch.float64), self.info, op="max").cpu()
@@ -332,6 +348,7 @@ class Trainer:
             "initial_validation": self.initial_metrics,
             "heads": head_verdicts(self.last_metrics, self.initial_metrics),
             "task_weights": self._task_weights(),
+            "data": data,
         }
         if self.info.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(out, indent=1))

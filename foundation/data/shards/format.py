@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from webdataset.gopen import gopen
 
 from ..crystal import Crystal
 
@@ -104,10 +103,13 @@ def is_url(text: str) -> bool:
 
 
 def open_url(url: str):
-    """A binary stream for a local path, file://, http(s):// (curl), s3 (via pipe:) and pipe: URLs."""
+    """A binary stream for a local path, file://, http(s)://, s3:// (fsspec) and pipe: URLs, fetched
+    with retries (remote.py); an unreachable one raises remote.ShardUnavailable (an OSError)."""
     if not is_url(url):
         return open(url, "rb")
-    return gopen(url, "rb")
+    from .remote import fetch
+
+    return fetch(url)
 
 
 def shard_location(base: str, name: str) -> str:

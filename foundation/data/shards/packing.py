@@ -39,6 +39,7 @@ class SourceSizes:
     shards: tuple[str, ...]  # shard paths or URLs
     n_atoms: tuple[np.ndarray, ...]  # per shard: [n_records] atoms of each record
     n_edges: tuple[np.ndarray, ...] | None = None  # per shard: [n_records] edges (upper bound), if known
+    sha256: tuple[str | None, ...] | None = None  # per shard, from the manifest (checked on fetch)
 
     @property
     def n_records(self) -> int:

@@ -51,6 +51,7 @@ def resolve_sources(name: str, spec: str | list[str], split: str, cutoff: float,
                     need_edges: bool) -> SourceSizes:
     """The shards of dataset `name` for `split`, with per-record atoms (and edges at `cutoff`)."""
     urls = _expand(spec)
+    digests: dict[str, str | None] = {}
     if urls is None:
         try:
             manifest = read_manifest(spec)
@@ -61,6 +62,7 @@ def resolve_sources(name: str, spec: str | list[str], split: str, cutoff: float,
             raise ValueError(f"dataset {name!r}: {manifest['base']} has no {split!r} shards "
                              f"(splits: {sorted(k for k, v in manifest['shards'].items() if v)})")
         urls = [shard_location(manifest["base"], s["file"]) for s in shards]
+        digests = {s["file"]: s.get("sha256") for s in shards}
     else:
         manifest = _manifest_next_to(urls[0])
     if manifest is not None:
@@ -75,7 +77,9 @@ def resolve_sources(name: str, spec: str | list[str], split: str, cutoff: float,
         if not missing:
             n_atoms = tuple(sizes[f]["n_atoms"].astype(np.int64) for f in files)
             n_edges = None if column is None else tuple(sizes[f]["n_edges"][:, column].astype(np.int64) for f in files)
-            return SourceSizes(name, tuple(urls), n_atoms, n_edges)
+            if not digests:  # tar URLs listed by hand: the manifest beside them has their sha256
+                digests = {e["file"]: e.get("sha256") for es in manifest["shards"].values() for e in es}
+            return SourceSizes(name, tuple(urls), n_atoms, n_edges, tuple(digests.get(f) for f in files))
         log.warning("dataset %r: shards %s are not in the manifest next to them; counting them", name, missing[:3])
     if need_edges:
         raise ValueError(f"dataset {name!r}: max_edges needs a manifest with edge counts for its shards")

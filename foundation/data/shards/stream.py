@@ -30,11 +30,12 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..graph import collate, neighbor_graph
 from .packing import EpochPlan, SourceSizes, plan_epoch, worker_batches
 from .format import decode_record
+from .remote import FetchPolicy, ShardUnavailable, fetch
 from .sources import resolve_sources
 
 __all__ = ["LoaderConfig", "StreamConfig", "ShardLoader", "build_loader"]
@@ -55,6 +56,15 @@ class LoaderConfig:
     interleave: int = 4  # shards of one dataset read side by side
     prefetch_factor: int = 2  # batches each worker prepares ahead
     multiprocessing_context: str | None = None  # "fork", "spawn", "forkserver" (None: platform default)
+    # Remote shards (http(s)://, s3://, pipe:): fetched whole with this many retries (exponential
+    # backoff from retry_backoff_s), checked against the manifest's sha256 ("remote" shards,
+    # "always", "never"); a shard still failing is skipped and its records counted (remote.py).
+    retries: int = 4
+    retry_backoff_s: float = 0.5
+    verify_checksums: str = "remote"
+
+    def fetch_policy(self) -> FetchPolicy:
+        return FetchPolicy(retries=self.retries, backoff_s=self.retry_backoff_s, verify=self.verify_checksums)
 
     def __post_init__(self):
         if self.cutoff is not None and not self.cutoff > 0:
@@ -65,6 +75,7 @@ class LoaderConfig:
             raise ValueError("num_workers >= 0, shuffle_buffer >= 1 and interleave >= 1 are required")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.fetch_policy()  # checks retries, backoff and verify
 
 
 StreamConfig = LoaderConfig  # the name the design notes use
@@ -75,40 +86,68 @@ def _identity(x):
 
 
 class _ShardReader:
-    """Records of one shard in file order; `get(r)` decodes record r (requests increase)."""
+    """Records of one shard in file order; `get(r)` decodes record r (requests increase).
 
-    def __init__(self, url: str, expected: int):
-        self.url, self.expected = url, expected
-        self._samples = tarfile_samples([{"url": url}])
+    The shard is fetched whole first (`remote.fetch`: retries, resume, sha256); a shard that stays
+    unreachable or fails its checksum, or that turns out corrupt or short while decoding, is skipped
+    from that point with one warning, and `events` counts why."""
+
+    def __init__(self, url: str, expected: int, sha256: str | None, policy: FetchPolicy, events: Counter):
+        self.url, self.expected, self.sha256, self.policy, self.events = url, expected, sha256, policy, events
+        self._samples = None
+        self._stream = None
         self._index = -1  # index of the last sample drawn
         self.failed = False
+
+    def _open(self) -> None:
+        counters: dict = {}
+        try:
+            self._stream = fetch(self.url, self.sha256, self.policy, counters)
+        finally:
+            for key, value in counters.items():
+                self.events[key] += value
+        self._samples = group_by_keys(tar_file_expander([{"url": self.url, "stream": self._stream}]))
 
     def get(self, r: int):
         """Record r as a Crystal, or None if the shard failed before it (warned once)."""
         if self.failed:
             return None
         try:
+            if self._samples is None:
+                self._open()
             while self._index < r:
                 sample = next(self._samples, None)
                 if sample is None:
                     raise EOFError(f"shard ends after {self._index + 1} of {self.expected} records")
                 self._index += 1
             return decode_record(sample)
+        except ShardUnavailable as exc:
+            self.failed = True
+            self.events["unreachable_shards" if exc.kind == "unreachable" else "checksum_failures"] += 1
+            log.warning("skipping shard %s; its %d records are counted as missing", exc, self.expected)
+            return None
         except Exception as exc:  # noqa: BLE001 -- any failure of a shard skips the rest of it
             self.failed = True
             log.warning("skipping the rest of corrupt or truncated shard %s (%s: %s)", self.url,
                         type(exc).__name__, exc)
             return None
 
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
 
 class _EpochDataset(torch.utils.data.IterableDataset):
     """One rank's batches of one epoch, from position `start`; yields (Batch, events)."""
 
     def __init__(self, plan: EpochPlan, sources: list[SourceSizes], names: list[str], rank: int,
-                 start: int, cutoff: float, max_atoms: int, max_edges: int | None, dtype: torch.dtype):
+                 start: int, cutoff: float, max_atoms: int, max_edges: int | None, dtype: torch.dtype,
+                 policy: FetchPolicy):
         super().__init__()
-        self.plan, self.rank, self.start = plan, rank, start
+        self.plan, self.rank, self.start, self.policy = plan, rank, start, policy
         self.urls = [s.shards for s in sources]
+        self.digests = [s.sha256 or (None,) * len(s.shards) for s in sources]
         self.counts = [[len(a) for a in s.n_atoms] for s in sources]
         self.names, self.cutoff, self.dtype = names, cutoff, dtype
         self.max_atoms, self.max_edges = max_atoms, max_edges
@@ -140,7 +179,8 @@ class _EpochDataset(torch.utils.data.IterableDataset):
             d, s = int(p.dataset[g]), int(p.shard[g])
             key = (d, int(p.occurrence[g]), s)
             if key not in readers:
-                readers[key] = _ShardReader(self.urls[d][s], self.counts[d][s])
+                readers[key] = _ShardReader(self.urls[d][s], self.counts[d][s], self.digests[d][s], self.policy,
+                                            events)
             reader = readers[key]
             crystal = reader.get(int(p.record[g]))
             if crystal is None:
@@ -152,6 +192,7 @@ class _EpochDataset(torch.utils.data.IterableDataset):
                 if reader.failed:
                     events["corrupt_shards"] += 1
                     events[f"shard:{reader.url}"] += 1
+                reader.close()
                 del readers[key]
             while emit < len(batches) and left[emit] == 0:
                 batch = self._emit(filled[emit], padding[emit], events)
@@ -262,7 +303,7 @@ class ShardLoader:
     def __iter__(self) -> Iterator:
         c = self.config
         dataset = _EpochDataset(self.plan, self.sources, self.names, self.rank, self.position, c.cutoff,
-                                c.max_atoms, c.max_edges, self.dtype)
+                                c.max_atoms, c.max_edges, self.dtype, c.fetch_policy())
         if c.num_workers == 0:
             stream = iter(dataset)
         else:
