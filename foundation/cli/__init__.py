@@ -1,6 +1,7 @@
 """The `foundation` command line: one subcommand per job, one module per subcommand in this package.
 
     foundation shard     --format X --input PATH --out DIR     (cli/shard.py)
+    foundation download  oqmd --out DIR --filter 'nelements<=3' (cli/download.py)
     foundation pretrain  --config configs/pretrain/sample.yaml (cli/pretrain.py)
     foundation finetune  --checkpoint CKPT --data FILE ...     (cli/finetune.py)
     foundation predict   CKPT FILES... --out predictions.csv   (cli/predict.py)
@@ -23,6 +24,7 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS = {
     "shard": "read native files, validate, write webdataset shards",
+    "download": "fetch a public database (OPTIMADE) or file and convert it to shards",
     "pretrain": "multi-dataset pretraining (DeepSpeed, torchrun or python)",
     "finetune": "fine-tune a pretrained checkpoint (or a fresh model) on a property",
     "predict": "predict every task of a checkpoint for structure files",
