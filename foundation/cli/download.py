@@ -3,6 +3,7 @@
     foundation download oqmd --out data/oqmd --filter 'nelements<=3' --limit 100000
     foundation download alexandria --out data/alex --filter 'nsites<=20'
     foundation download mydb --base-url https://host/optimade --out data/mydb --field _mydb_ef=formation_energy_per_atom
+    foundation download matbench_perovskites --out data/perovskites   # a MatBench task: file, sha256, shards
     foundation download file --url https://host/task.json.gz --md5 HEX --out data/task   # one file, resumable
 
 Run the same command again after an interruption: it resumes where it stopped (OPTIMADE: at the
@@ -16,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..data.download import (OPTIMADE_DATABASES, DownloadError, describe, download_file, download_optimade,
-                             field_map, optimade_records)
+from ..data.download import (MATBENCH_TASKS, OPTIMADE_DATABASES, DownloadError, describe, download_file,
+                             download_optimade, field_map, optimade_records)
 
 __all__ = ["cli_main", "parse_args"]
 
@@ -25,8 +26,8 @@ __all__ = ["cli_main", "parse_args"]
 def parse_args(argv: list[str], command: str = "download") -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"foundation {command}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help=f"an OPTIMADE database ({', '.join(OPTIMADE_DATABASES)}), any name with "
-                                "--base-url, or 'file' with --url")
+    p.add_argument("name", help=f"an OPTIMADE database ({', '.join(OPTIMADE_DATABASES)}), a MatBench task "
+                                f"({', '.join(MATBENCH_TASKS)}), any name with --base-url, or 'file' with --url")
     p.add_argument("--out", "-o", required=True, help="directory: raw/ (the download), shards/ (the result)")
     p.add_argument("--base-url", default=None, help="an OPTIMADE base URL (instead of the named database's)")
     p.add_argument("--filter", default="", help="OPTIMADE filter, e.g. 'nelements<=3 AND nsites<=40'")
@@ -35,7 +36,7 @@ def parse_args(argv: list[str], command: str = "download") -> argparse.Namespace
     p.add_argument("--max-pages", type=int, default=None, help="stop after this many pages (run again to go on)")
     p.add_argument("--field", action="append", default=[], metavar="FIELD=TARGET",
                    help="a provider field to keep as a target, e.g. _oqmd_delta_e=formation_energy_per_atom")
-    p.add_argument("--url", default=None, help="with 'file': the file to fetch")
+    p.add_argument("--url", default=None, help="with 'file': the file to fetch; with a MatBench task: a mirror of it")
     p.add_argument("--md5", default=None, help="with 'file': its published MD5")
     p.add_argument("--sha256", default=None, help="with 'file': its published sha256")
     p.add_argument("--shard-size", type=int, default=1000)
@@ -55,10 +56,34 @@ def _fields(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _matbench(args: argparse.Namespace, out: Path) -> int:
+    """The task's published file (or --url, a mirror), its sha256 checked, read and sharded."""
+    from ..data import readers
+    from ..data.shards import SplitRule, write_shards
+
+    url, sha256, n = MATBENCH_TASKS[args.name]
+    path = download_file(args.url or url, out / "raw" / f"{args.name}.json.gz", sha256=sha256)
+    report = {"file": str(path), "sha256": sha256, "published_records": n}
+    if not args.no_convert:
+        records = readers.read(str(path), format="matbench")
+        if args.limit:
+            import itertools
+
+            records = itertools.islice(records, args.limit)
+        manifest = write_shards(records, out / "shards", shard_size=args.shard_size,
+                                split=SplitRule(fractions=tuple(args.fractions)), progress=not args.quiet,
+                                overwrite=True, reader={"format": "matbench", "url": url}, sources=(str(path),))
+        report.update(shards=str(out / "shards"), counts=manifest.get("counts"))
+    print(json.dumps(report, indent=1, default=str))
+    return 0
+
+
 def cli_main(argv: list[str], command: str = "download") -> int:
     args = parse_args(argv, command)
     out = Path(args.out)
     try:
+        if args.name in MATBENCH_TASKS:
+            return _matbench(args, out)
         if args.name == "file":
             if not args.url:
                 raise SystemExit("foundation download file: --url is required")

@@ -40,7 +40,7 @@ import numpy as np
 from .crystal import Crystal
 from .records import Reject
 
-__all__ = ["OPTIMADE_DATABASES", "DownloadError", "ChecksumMismatch", "check_reachable", "download_file",
+__all__ = ["OPTIMADE_DATABASES", "MATBENCH_TASKS", "DownloadError", "ChecksumMismatch", "check_reachable", "download_file",
            "download_optimade", "optimade_records", "TARGET_ALIASES"]
 
 log = logging.getLogger("foundation.data")
@@ -52,6 +52,29 @@ OPTIMADE_DATABASES = {
     "nomad": "https://nomad-lab.eu/prod/v1/optimade",
     "alexandria": "https://alexandria.icams.rub.de/pbe",
     "jarvis": "https://jarvis.nist.gov/optimade/jarvisdft",
+}
+
+# MatBench v0.1 task files: URL, sha256 and record count as matminer publishes them
+# (matminer/datasets/dataset_metadata.json); read with the `matbench` reader.
+MATBENCH_TASKS = {
+    "matbench_mp_e_form": ("https://ml.materialsproject.org/projects/matbench_mp_e_form.json.gz",
+                           "dedcb1d4ba2e3e50dbdd45ba5bc647a00e9c2bcf8f8bf556dc8e92caa39eb21f", 132752),
+    "matbench_mp_gap": ("https://ml.materialsproject.org/projects/matbench_mp_gap.json.gz",
+                        "58b65746bd88329986ed66031a2ac1369c7c522f7bc9f9081528e07097c2c057", 106113),
+    "matbench_mp_is_metal": ("https://ml.materialsproject.org/projects/matbench_mp_is_metal.json.gz",
+                             "9a028ed5750a4c76ca36e9f3c8d48fe0bf3fb21b76ec2289e58ae7048d527919", 106113),
+    "matbench_perovskites": ("https://ml.materialsproject.org/projects/matbench_perovskites.json.gz",
+                             "4641e2417f8ec8b50096d2230864468dfa08278dc9d257c327f65d0305278483", 18928),
+    "matbench_log_kvrh": ("https://ml.materialsproject.org/projects/matbench_log_kvrh.json.gz",
+                          "44b113ddb7e23aa18731a62c74afa7e5aa654199e0db5f951c8248a00955c9cd", 10987),
+    "matbench_log_gvrh": ("https://ml.materialsproject.org/projects/matbench_log_gvrh.json.gz",
+                          "098af941f4c663270f1fe21abf20ffad6fb85ecbfcba5786ceac03983ac29da7", 10987),
+    "matbench_dielectric": ("https://ml.materialsproject.org/projects/matbench_dielectric.json.gz",
+                            "83befa09bc2ec2f4b6143afc413157827a90e5e2e42c1eb507ccfa01bf26a1d6", 4764),
+    "matbench_jdft2d": ("https://ml.materialsproject.org/projects/matbench_jdft2d.json.gz",
+                        "26057dc4524e193e32abffb296ce819b58b6e11d1278cae329a2f97817a4eddf", 636),
+    "matbench_phonons": ("https://ml.materialsproject.org/projects/matbench_phonons.json.gz",
+                         "4db551f21ec5f577e6202725f10e34dfc509aa7df3a6bdaac497da7f6dbbb9b3", 1265),
 }
 
 # our target <- the names providers give it after their `_<prefix>_`

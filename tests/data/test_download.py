@@ -202,3 +202,24 @@ def test_a_checksum_mismatch_is_refused(file_server, tmp_path):
     with pytest.raises(ChecksumMismatch, match="checksum differs"):
         download_file(f"{file_server.url}/task.json.gz", tmp_path / "task.json.gz", md5="0" * 32, backoff_s=0.01)
     assert not (tmp_path / "task.json.gz").exists() and (tmp_path / "task.json.gz.bad").exists()
+
+
+def test_a_matbench_task_is_fetched_checked_and_sharded(file_server, tmp_path, capsys, monkeypatch):
+    """The MatBench entry's published sha256 is enforced: the sample's mp2018 file served under the
+    task's name is refused (it is not the published file); with the sample's own sha256 (a mirror of
+    a different file, as a test stands in for the real one) it is read by the matbench reader and sharded."""
+    from foundation.cli.download import cli_main
+    from foundation.data import download
+
+    sample = ROOT.parent / "shared/data/mp2018/mp2018.json.gz"
+    file_server.files["matbench_mp_e_form.json.gz"] = sample.read_bytes()
+    url = f"{file_server.url}/matbench_mp_e_form.json.gz"
+    args = ["matbench_mp_e_form", "--url", url, "--out", str(tmp_path), "--limit", "300", "--quiet"]
+    assert cli_main(args) == 1
+    assert "checksum differs from the published one" in capsys.readouterr().err
+    digest = hashlib.sha256(sample.read_bytes()).hexdigest()
+    monkeypatch.setitem(download.MATBENCH_TASKS, "matbench_mp_e_form", (url, digest, 0))
+    assert cli_main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["read"] == 300 and report["counts"]["written"] + report["counts"]["rejected"] == 300
+    assert (tmp_path / "shards/manifest.json").is_file()
