@@ -17,8 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..data import readers
 from ..data.download import (MATBENCH_TASKS, OPTIMADE_DATABASES, DownloadError, describe, download_file,
                              download_optimade, field_map, optimade_records)
+from ..data.shards import SplitRule, write_shards
 
 __all__ = ["cli_main", "parse_args"]
 
@@ -58,9 +60,6 @@ def _fields(pairs: list[str]) -> dict[str, str]:
 
 def _matbench(args: argparse.Namespace, out: Path) -> int:
     """The task's published file (or --url, a mirror), its sha256 checked, read and sharded."""
-    from ..data import readers
-    from ..data.shards import SplitRule, write_shards
-
     url, sha256, n = MATBENCH_TASKS[args.name]
     path = download_file(args.url or url, out / "raw" / f"{args.name}.json.gz", sha256=sha256)
     report = {"file": str(path), "sha256": sha256, "published_records": n}
@@ -103,8 +102,6 @@ def cli_main(argv: list[str], command: str = "download") -> int:
         return 1
     report = {"download": describe(state)}
     if state.done and not args.no_convert:
-        from ..data.shards import SplitRule, write_shards
-
         fields = field_map(out / "raw" / "structures.jsonl", _fields(args.field))
         manifest = write_shards(optimade_records(out, args.name, fields), out / "shards", shard_size=args.shard_size,
                                 split=SplitRule(fractions=tuple(args.fractions)), progress=not args.quiet,

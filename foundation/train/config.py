@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..data.labels import check_derive
+from .preemption import check_signal_names
 
 __all__ = [
     "OptimizerConfig",
@@ -97,8 +98,6 @@ class DistributedConfig:
         _require(self.zero_stage in (0, 1, 2, 3), f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         _require(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         _require(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
-        from .preemption import check_signal_names
-
         check_signal_names(self.preempt_signals)
         _require(self.heartbeat_timeout_s == 0 or self.heartbeat_timeout_s >= 1,
                  f"heartbeat_timeout_s must be 0 (off) or >= 1 s, got {self.heartbeat_timeout_s}")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .watchdog import Heartbeat, looks_distributed
+
 __all__ = ["DistInfo", "LauncherEnvError", "setup", "teardown", "all_reduce", "all_gather_rows", "broadcast_text",
            "barrier", "check_launcher_env"]
 
@@ -178,8 +180,6 @@ def setup(device: str = "auto", timeout_s: int = 1800, local_rank_arg: int | Non
         else:
             torch.distributed.init_process_group(backend=backend, timeout=timeout)
     if _HEARTBEAT is None and heartbeat_timeout_s > 0 and torch.distributed.get_world_size() > 1:
-        from .watchdog import Heartbeat
-
         _HEARTBEAT = Heartbeat(torch.distributed.get_rank(), torch.distributed.get_world_size(),
                                heartbeat_timeout_s).start()
     return DistInfo(
@@ -194,8 +194,6 @@ def setup(device: str = "auto", timeout_s: int = 1800, local_rank_arg: int | Non
 def lost_rank_reason(exc: BaseException) -> str | None:
     """After `exc` ended a multi-rank run: the lost rank, named, when a collective failed because
     a rank left (watchdog.Heartbeat.diagnose); None otherwise."""
-    from .watchdog import looks_distributed
-
     if _HEARTBEAT is None or not looks_distributed(exc):
         return None
     return _HEARTBEAT.diagnose()

@@ -42,15 +42,36 @@ def test_a_rank_that_finished_is_named_by_the_one_still_waiting():
     assert "BARRIER PASSED" not in out
 
 
+def _tree(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        p, pp = map(int, line.split())
+        children.setdefault(pp, []).append(p)
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo.extend(children.get(tree[-1], []))
+    return tree
+
+
 def test_a_frozen_rank_ends_the_waiting_one_within_the_timeout():
     proc, t0 = _launch("stop", 6)
+    lines: list[str] = []
     try:
-        out, _ = proc.communicate(timeout=90)
+        for line in proc.stdout:  # until rank 0 has exited with its report
+            lines.append(line)
+            if "has sent no heartbeat" in line or time.time() - t0 > 90:
+                break
+        took = time.time() - t0
+        time.sleep(0.5)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # torchrun SIGKILLs the frozen rank itself after 30 s
-        except ProcessLookupError:
-            pass
-    took = time.time() - t0
+        for pid in _tree(proc.pid):  # the frozen rank (torchrun would SIGKILL it only after 30 s)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait()
+    out = "".join(lines)
     assert "has sent no heartbeat" in out and "rank 1 (host" in out, out[-3000:]
     assert f"exit {EXIT_LOST_RANK}" in out and took < 60, took

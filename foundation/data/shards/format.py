@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..crystal import Crystal
+from .remote import fetch
 
 __all__ = ["FORMAT", "VERSION", "encode_record", "decode_record", "read_manifest", "open_url",
            "is_url", "shard_location"]
@@ -107,8 +108,6 @@ def open_url(url: str):
     with retries (remote.py); an unreachable one raises remote.ShardUnavailable (an OSError)."""
     if not is_url(url):
         return open(url, "rb")
-    from .remote import fetch
-
     return fetch(url)
 
 
