@@ -22,7 +22,7 @@ from foundation.data.crystal import Crystal
 from foundation.data.readers import FORMATS, detect_format, read, read_structures
 from foundation.data.readers._common import structure_from_pymatgen_dict
 from foundation.data.records import Reject
-from tests.data.test_readers_ase import DATA
+from test_readers_ase import DATA
 
 MP = DATA / "materials_project" / "summary.jsonl.gz"
 MP2018 = DATA / "mp2018" / "mp2018.json.gz"
