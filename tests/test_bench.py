@@ -38,5 +38,9 @@ def test_every_benchmark_runs_on_a_small_slice(tmp_path):
     assert speed["inference"]["ours (small)"]["atoms_per_s"] > 0 and sum(speed["step_profile"]["share"].values()) > 0.99
     search = json.loads((tmp_path / "encoder_search.json").read_text())["candidates"]["small"]
     assert search["val_mae"] > 0 and search["steps"] > 0
+    corpus = json.loads((tmp_path / "corpus.json").read_text())
+    assert corpus["sharding"]["structures"] == 2000 and corpus["statistics"]["records"] > 1900
+    assert corpus["equal_batches"]["every_record_once"] and len(set(corpus["equal_batches"]["batches_per_rank"])) == 1
+    assert corpus["loader_memory"]["all"]["rss_mib_after_batches"] > 0
     for peer in ("CHGNet 0.4", "SevenNet-0"):  # measured when the bench extra is installed, else said so
         assert peer in speed["inference"] or speed["missing"][peer].startswith("not installed")
