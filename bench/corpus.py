@@ -201,6 +201,11 @@ def main(argv=None) -> int:
     if not (args.keep and (work / "part0" / "manifest.json").exists()):
         result["sharding"] = generate(args.n, work, args.processes, args.pool)
         print(json.dumps(result["sharding"], indent=1), flush=True)
+    elif Path(args.out).is_file():  # the shards of the earlier run: its sharding numbers stand
+        earlier = json.loads(Path(args.out).read_text())
+        if earlier.get("sharding", {}).get("structures") == args.n:
+            result["sharding"] = {**earlier["sharding"], "measured": earlier.get("date"),
+                                  "command": earlier.get("command")}
     result["statistics"] = statistics(work)
     print(json.dumps(result["statistics"], indent=1), flush=True)
     result["equal_batches"] = equal_batches(work)

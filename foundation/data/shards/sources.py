@@ -75,8 +75,9 @@ def resolve_sources(name: str, spec: str | list[str], split: str, cutoff: float,
         files = [_file_name(u) for u in urls]
         missing = [f for f in files if f not in sizes]
         if not missing:
-            n_atoms = tuple(sizes[f]["n_atoms"].astype(np.int64) for f in files)
-            n_edges = None if column is None else tuple(sizes[f]["n_edges"][:, column].astype(np.int64) for f in files)
+            n_atoms = tuple(sizes[f]["n_atoms"].astype(np.int32) for f in files)
+            n_edges = None if column is None or not need_edges else tuple(
+                sizes[f]["n_edges"][:, column].astype(np.int32) for f in files)
             if not digests:  # tar URLs listed by hand: the manifest beside them has their sha256
                 digests = {e["file"]: e.get("sha256") for es in manifest["shards"].values() for e in es}
             return SourceSizes(name, tuple(urls), n_atoms, n_edges, tuple(digests.get(f) for f in files))

@@ -33,7 +33,7 @@ import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..graph import collate, neighbor_graph
-from .packing import EpochPlan, SourceSizes, plan_epoch, worker_batches
+from .packing import EpochPlan, SourceSizes, plan_epoch, release_free_memory, worker_batches
 from .format import decode_record
 from .remote import FetchPolicy, ShardUnavailable, fetch
 from .sources import resolve_sources
@@ -155,47 +155,66 @@ class _EpochDataset(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[tuple[Any, dict]]:
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        ids = worker_batches(self.plan, self.rank, worker, n_workers, self.start)
-        batches = [self.plan.rank_batches[self.rank][b] for b in ids]
-        padding = [self.plan.padding[self.rank][b] for b in ids]
-        return self._iterate(batches, padding)
+        ids = np.asarray(worker_batches(self.plan, self.rank, worker, n_workers, self.start), dtype=np.int64)
+        flat, sizes = self.plan.rank_batches[self.rank].take(ids)
+        padding = np.asarray(self.plan.padding[self.rank], dtype=bool)[ids] if len(ids) else np.zeros(0, bool)
+        return self._iterate(flat, sizes, padding)
 
-    def _iterate(self, batches: list[np.ndarray], padding: list[bool]):
+    def _iterate(self, flat: np.ndarray, sizes: np.ndarray, padding: np.ndarray):
+        """Read the items `flat` (batches of `sizes` items) in plan order (each shard front to back, once), fill the
+        batches as their records arrive, emit them in order. The bookkeeping is numpy arrays of
+        the worker's items (a few bytes per record, not Python objects per record: a rank's epoch
+        of a million records would otherwise hold hundreds of MB of dicts and tuples)."""
         p = self.plan
-        need: dict[int, list[tuple[int, int]]] = {}
-        for b, items in enumerate(batches):
-            for pos, g in enumerate(items.tolist()):
-                need.setdefault(g, []).append((b, pos))
-        order = sorted(need)
-        last = {}
-        for g in order:
-            last[(p.dataset[g], p.occurrence[g], p.shard[g])] = g
-        filled = [[None] * len(items) for items in batches]
-        left = [len(items) for items in batches]
+        n_batches = len(sizes)
+        batch_of = np.repeat(np.arange(n_batches, dtype=np.int32), sizes)
+        pos_of = (np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)).astype(np.int32)
+        order = np.argsort(flat, kind="stable").astype(np.int32)  # slots of `flat`, by item (an item may fill several)
+        items = flat[order]
+        del flat
+        starts = (np.flatnonzero(np.r_[True, items[1:] != items[:-1]]) if len(items) else np.zeros(0)).astype(np.int32)
+        ends = np.r_[starts[1:], len(items)].astype(np.int32)
+        unique = items[starts]
+        del items
+        key = ((p.dataset[unique].astype(np.int64) * (int(p.occurrence.max(initial=0)) + 1)
+                + p.occurrence[unique]) * (int(p.shard.max(initial=0)) + 1) + p.shard[unique])
+        closes = np.zeros(len(unique), dtype=bool)  # the reader of this shard is done after this item
+        if len(key):
+            _, first_from_end = np.unique(key[::-1], return_index=True)
+            closes[len(key) - 1 - first_from_end] = True
+        del key
+        release_free_memory()
+        filled: list[list | None] = [None] * n_batches
+        left = sizes.tolist()
         readers: dict[tuple, _ShardReader] = {}
         events: Counter = Counter()
         emit, pending, previous = 0, 0, None
-        for g in order:
+        for u in range(len(unique)):
+            g = int(unique[u])
             d, s = int(p.dataset[g]), int(p.shard[g])
-            key = (d, int(p.occurrence[g]), s)
-            if key not in readers:
-                readers[key] = _ShardReader(self.urls[d][s], self.counts[d][s], self.digests[d][s], self.policy,
-                                            events)
-            reader = readers[key]
+            rkey = (d, int(p.occurrence[g]), s)
+            if rkey not in readers:
+                readers[rkey] = _ShardReader(self.urls[d][s], self.counts[d][s], self.digests[d][s], self.policy,
+                                             events)
+            reader = readers[rkey]
             crystal = reader.get(int(p.record[g]))
+            slots = order[starts[u]:ends[u]]
             if crystal is None:
-                events["missing_records"] += len(need[g])
-            for b, pos in need[g]:
-                filled[b][pos] = (crystal, d)
+                events["missing_records"] += len(slots)
+            for slot in slots.tolist():
+                b = int(batch_of[slot])
+                if filled[b] is None:
+                    filled[b] = [None] * int(sizes[b])
+                filled[b][pos_of[slot]] = (crystal, d)
                 left[b] -= 1
-            if last[key] == g:
+            if closes[u]:
                 if reader.failed:
                     events["corrupt_shards"] += 1
                     events[f"shard:{reader.url}"] += 1
                 reader.close()
-                del readers[key]
-            while emit < len(batches) and left[emit] == 0:
-                batch = self._emit(filled[emit], padding[emit], events)
+                del readers[rkey]
+            while emit < n_batches and left[emit] == 0:
+                batch = self._emit(filled[emit], bool(padding[emit]), events)
                 filled[emit] = None
                 emit += 1
                 if batch is None:  # every record unreadable: repeat a good batch instead
@@ -260,6 +279,7 @@ class ShardLoader:
                 n_workers=max(c.num_workers, 1), max_atoms=c.max_atoms, max_edges=c.max_edges,
                 temperature=c.temperature, shuffle=c.shuffle, shuffle_buffer=c.shuffle_buffer,
                 interleave=c.interleave))
+            release_free_memory()
         return self._plan[1]
 
     def __len__(self) -> int:
