@@ -4,6 +4,7 @@
     foundation download alexandria --out data/alex --filter 'nsites<=20'
     foundation download mydb --base-url https://host/optimade --out data/mydb --field _mydb_ef=formation_energy_per_atom
     foundation download matbench_perovskites --out data/perovskites   # a MatBench task: file, sha256, shards
+    foundation download oc20_s2ef_200k --out data/oc20_200k            # an Open Catalyst archive: MD5, shards
     foundation download file --url https://host/task.json.gz --md5 HEX --out data/task   # one file, resumable
 
 Run the same command again after an interruption: it resumes where it stopped (OPTIMADE: at the
@@ -18,8 +19,8 @@ import sys
 from pathlib import Path
 
 from ..data import readers
-from ..data.download import (MATBENCH_TASKS, OPTIMADE_DATABASES, DownloadError, describe, download_file,
-                             download_optimade, field_map, optimade_records)
+from ..data.download import (MATBENCH_TASKS, OC_ARCHIVES, OPTIMADE_DATABASES, DownloadError, archive_records,
+                             describe, download_file, download_optimade, field_map, optimade_records)
 from ..data.shards import SplitRule, write_shards
 
 __all__ = ["cli_main", "parse_args"]
@@ -29,7 +30,8 @@ def parse_args(argv: list[str], command: str = "download") -> argparse.Namespace
     p = argparse.ArgumentParser(prog=f"foundation {command}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help=f"an OPTIMADE database ({', '.join(OPTIMADE_DATABASES)}), a MatBench task "
-                                f"({', '.join(MATBENCH_TASKS)}), any name with --base-url, or 'file' with --url")
+                                f"({', '.join(MATBENCH_TASKS)}), an Open Catalyst archive ({', '.join(OC_ARCHIVES)}), "
+                                "any name with --base-url, or 'file' with --url")
     p.add_argument("--out", "-o", required=True, help="directory: raw/ (the download), shards/ (the result)")
     p.add_argument("--base-url", default=None, help="an OPTIMADE base URL (instead of the named database's)")
     p.add_argument("--filter", default="", help="OPTIMADE filter, e.g. 'nelements<=3 AND nsites<=40'")
@@ -38,7 +40,8 @@ def parse_args(argv: list[str], command: str = "download") -> argparse.Namespace
     p.add_argument("--max-pages", type=int, default=None, help="stop after this many pages (run again to go on)")
     p.add_argument("--field", action="append", default=[], metavar="FIELD=TARGET",
                    help="a provider field to keep as a target, e.g. _oqmd_delta_e=formation_energy_per_atom")
-    p.add_argument("--url", default=None, help="with 'file': the file to fetch; with a MatBench task: a mirror of it")
+    p.add_argument("--url", default=None, help="with 'file': the file to fetch; with a MatBench task or an archive: "
+                                                "a mirror of it")
     p.add_argument("--md5", default=None, help="with 'file': its published MD5")
     p.add_argument("--sha256", default=None, help="with 'file': its published sha256")
     p.add_argument("--shard-size", type=int, default=1000)
@@ -77,12 +80,36 @@ def _matbench(args: argparse.Namespace, out: Path) -> int:
     return 0
 
 
+def _archive(args: argparse.Namespace, out: Path) -> int:
+    """An Open Catalyst archive (or --url, a mirror): fetched with resume, its MD5 checked, streamed
+    member by member into shards (frames of one file kept in one split)."""
+    url, md5, layout, source = OC_ARCHIVES[args.name]
+    name = Path(url).name
+    path = download_file(args.url or url, out / "raw" / name, md5=md5)
+    report = {"file": str(path), "md5": md5}
+    if not args.no_convert:
+        records = archive_records(path, layout, source, out / "raw" / "work")
+        if args.limit:
+            import itertools
+
+            records = itertools.islice(records, args.limit)
+        manifest = write_shards(records, out / "shards", shard_size=args.shard_size,
+                                split=SplitRule(fractions=tuple(args.fractions), group_by_prefix=layout == "s2ef"),
+                                progress=not args.quiet, overwrite=True, dedup=False,
+                                reader={"archive": name, "layout": layout, "url": url}, sources=(str(path),))
+        report.update(shards=str(out / "shards"), counts=manifest.get("counts"))
+    print(json.dumps(report, indent=1, default=str))
+    return 0
+
+
 def cli_main(argv: list[str], command: str = "download") -> int:
     args = parse_args(argv, command)
     out = Path(args.out)
     try:
         if args.name in MATBENCH_TASKS:
             return _matbench(args, out)
+        if args.name in OC_ARCHIVES:
+            return _archive(args, out)
         if args.name == "file":
             if not args.url:
                 raise SystemExit("foundation download file: --url is required")

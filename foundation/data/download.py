@@ -38,53 +38,15 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .crystal import Crystal
+from .public import MATBENCH_TASKS, OC_ARCHIVES, OPTIMADE_DATABASES, TARGET_ALIASES
+from .readers import read
 from .records import Reject
 
-__all__ = ["OPTIMADE_DATABASES", "MATBENCH_TASKS", "DownloadError", "ChecksumMismatch", "check_reachable", "download_file",
+__all__ = ["OPTIMADE_DATABASES", "MATBENCH_TASKS", "OC_ARCHIVES", "archive_records", "DownloadError", "ChecksumMismatch", "check_reachable", "download_file",
            "download_optimade", "optimade_records", "TARGET_ALIASES"]
 
 log = logging.getLogger("foundation.data")
 
-# name -> OPTIMADE base URL (the providers' published endpoints; the client adds /v1)
-OPTIMADE_DATABASES = {
-    "oqmd": "https://oqmd.org/optimade",
-    "mp": "https://optimade.materialsproject.org",
-    "nomad": "https://nomad-lab.eu/prod/v1/optimade",
-    "alexandria": "https://alexandria.icams.rub.de/pbe",
-    "jarvis": "https://jarvis.nist.gov/optimade/jarvisdft",
-}
-
-# MatBench v0.1 task files: URL, sha256 and record count as matminer publishes them
-# (matminer/datasets/dataset_metadata.json); read with the `matbench` reader.
-MATBENCH_TASKS = {
-    "matbench_mp_e_form": ("https://ml.materialsproject.org/projects/matbench_mp_e_form.json.gz",
-                           "dedcb1d4ba2e3e50dbdd45ba5bc647a00e9c2bcf8f8bf556dc8e92caa39eb21f", 132752),
-    "matbench_mp_gap": ("https://ml.materialsproject.org/projects/matbench_mp_gap.json.gz",
-                        "58b65746bd88329986ed66031a2ac1369c7c522f7bc9f9081528e07097c2c057", 106113),
-    "matbench_mp_is_metal": ("https://ml.materialsproject.org/projects/matbench_mp_is_metal.json.gz",
-                             "9a028ed5750a4c76ca36e9f3c8d48fe0bf3fb21b76ec2289e58ae7048d527919", 106113),
-    "matbench_perovskites": ("https://ml.materialsproject.org/projects/matbench_perovskites.json.gz",
-                             "4641e2417f8ec8b50096d2230864468dfa08278dc9d257c327f65d0305278483", 18928),
-    "matbench_log_kvrh": ("https://ml.materialsproject.org/projects/matbench_log_kvrh.json.gz",
-                          "44b113ddb7e23aa18731a62c74afa7e5aa654199e0db5f951c8248a00955c9cd", 10987),
-    "matbench_log_gvrh": ("https://ml.materialsproject.org/projects/matbench_log_gvrh.json.gz",
-                          "098af941f4c663270f1fe21abf20ffad6fb85ecbfcba5786ceac03983ac29da7", 10987),
-    "matbench_dielectric": ("https://ml.materialsproject.org/projects/matbench_dielectric.json.gz",
-                            "83befa09bc2ec2f4b6143afc413157827a90e5e2e42c1eb507ccfa01bf26a1d6", 4764),
-    "matbench_jdft2d": ("https://ml.materialsproject.org/projects/matbench_jdft2d.json.gz",
-                        "26057dc4524e193e32abffb296ce819b58b6e11d1278cae329a2f97817a4eddf", 636),
-    "matbench_phonons": ("https://ml.materialsproject.org/projects/matbench_phonons.json.gz",
-                         "4db551f21ec5f577e6202725f10e34dfc509aa7df3a6bdaac497da7f6dbbb9b3", 1265),
-}
-
-# our target <- the names providers give it after their `_<prefix>_`
-TARGET_ALIASES = {
-    "formation_energy_per_atom": ("formation_energy_per_atom", "delta_e", "formation_energy_peratom", "e_form"),
-    "band_gap": ("band_gap", "bandgap", "gap"),
-    "e_above_hull": ("e_above_hull", "energy_above_hull", "stability", "ehull"),
-    "energy": ("energy", "total_energy", "energy_total"),
-    "energy_per_atom": ("energy_per_atom",),
-}
 _ALIAS = {alias: target for target, aliases in TARGET_ALIASES.items() for alias in aliases}
 
 
@@ -350,6 +312,44 @@ def optimade_records(out: str | Path, source: str, fields: dict[str, str]) -> It
                 continue
             seen.add(ident)
             yield _crystal(entry, source, fields)
+
+
+def archive_records(path: str | Path, layout: str, source: str, work: str | Path) -> Iterator[Crystal | Reject]:
+    """The frames of an Open Catalyst archive, member by member (the archive is streamed, never
+    unpacked whole: S2EF-All is 1.1 TB uncompressed). "s2ef": each `N.extxyz.xz` is decompressed to
+    `work/N.extxyz`, read (ids `N:<frame>`, so the frames of one file share a prefix: shard with
+    group-by-prefix to keep a trajectory chunk in one split), and removed. "lmdb": each `.lmdb` is
+    written to `work`, read with the restricted unpickler, and removed. The energies are the archive's
+    (S2EF: adsorption-referenced as released; the `.txt.xz` reference energies are not applied)."""
+    import lzma
+    import shutil
+    import tarfile
+
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "r|*") as tar:
+        for member in tar:
+            name = Path(member.name).name
+            if not member.isfile():
+                continue
+            if layout == "s2ef" and name.endswith(".extxyz.xz"):
+                target = work / name[: -len(".xz")]
+                with tar.extractfile(member) as src, lzma.open(src) as xz, open(target, "wb") as out:
+                    shutil.copyfileobj(xz, out)
+                options = {"source": source}
+                fmt = "extxyz"
+            elif layout == "lmdb" and name.endswith(".lmdb"):
+                target = work / f"{Path(member.name).parent.name}_{name}"
+                with tar.extractfile(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                options = {"source": source}
+                fmt = "oc20_lmdb"
+            else:
+                continue
+            try:
+                yield from read(str(target), format=fmt, **options)
+            finally:
+                target.unlink(missing_ok=True)
 
 
 def describe(state: OptimadeState) -> dict[str, Any]:

@@ -223,3 +223,64 @@ def test_a_matbench_task_is_fetched_checked_and_sharded(file_server, tmp_path, c
     report = json.loads(capsys.readouterr().out)
     assert report["counts"]["read"] == 300 and report["counts"]["written"] + report["counts"]["rejected"] == 300
     assert (tmp_path / "shards/manifest.json").is_file()
+
+
+def _archive_entry(monkeypatch, name: str, url: str, data: bytes) -> None:
+    from foundation.data import download
+
+    layout, source = download.OC_ARCHIVES[name][2:]
+    monkeypatch.setitem(download.OC_ARCHIVES, name, (url, hashlib.md5(data).hexdigest(), layout, source))
+
+
+def test_an_open_catalyst_s2ef_archive_is_checked_streamed_and_sharded(file_server, tmp_path, capsys, monkeypatch):
+    """An archive in the S2EF layout (N.extxyz.xz + N.txt.xz) made of the sample's OC20-format
+    trajectory: refused while its MD5 is not the published one, then streamed into shards with the
+    frames of one file in one split."""
+    import io
+    import lzma
+    import tarfile
+
+    from foundation.cli.download import cli_main
+
+    frames = (ROOT.parent / "shared/data/oc20_format/toy_c3h8_relax.extxyz").read_bytes()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, payload in (("0.extxyz.xz", lzma.compress(frames)), ("1.extxyz.xz", lzma.compress(frames)),
+                              ("0.txt.xz", lzma.compress(b"random1,frame0,-1.0\n"))):
+            info = tarfile.TarInfo(f"s2ef_train_200K/s2ef_train_200K/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    data = buffer.getvalue()
+    file_server.files["s2ef_train_200K.tar"] = data
+    url = f"{file_server.url}/s2ef_train_200K.tar"
+    args = ["oc20_s2ef_200k", "--url", url, "--out", str(tmp_path), "--quiet"]
+    assert cli_main(args) == 1  # the published MD5 is the real archive's, not this one's
+    assert "checksum differs from the published one" in capsys.readouterr().err
+    _archive_entry(monkeypatch, "oc20_s2ef_200k", url, data)
+    assert cli_main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["read"] == 202 and report["counts"]["written"] == 202
+    splits = {s: v["records"] for s, v in report["counts"]["splits"].items()}
+    assert sorted(splits.values()) in ([0, 101, 101], [0, 0, 202])  # each file's 101 frames in one split
+    assert not list((tmp_path / "raw/work").iterdir())  # members are removed once read
+
+
+def test_an_open_catalyst_lmdb_archive_is_read_through_the_restricted_unpickler(file_server, tmp_path, capsys,
+                                                                                monkeypatch):
+    import io
+    import tarfile
+
+    from foundation.cli.download import cli_main
+    from foundation.data.readers.oc20_lmdb import oc22_pkl_to_lmdb
+
+    lmdb_path = oc22_pkl_to_lmdb(ROOT.parent / "shared/data/oc22/oc22_pickle16_val.pkl", tmp_path / "data.0000.lmdb")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(lmdb_path, arcname="s2ef_total_train_val_test_lmdbs/data/oc22/s2ef-total/val_id/data.0000.lmdb")
+    data = buffer.getvalue()
+    file_server.files["s2ef_total_train_val_test_lmdbs.tar.gz"] = data
+    url = f"{file_server.url}/s2ef_total_train_val_test_lmdbs.tar.gz"
+    _archive_entry(monkeypatch, "oc22_s2ef_total", url, data)
+    assert cli_main(["oc22_s2ef_total", "--url", url, "--out", str(tmp_path / "oc22"), "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"]["read"] > 0 and report["counts"]["written"] == report["counts"]["read"]
