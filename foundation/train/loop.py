@@ -126,7 +126,7 @@ class Trainer:
         self._logs: dict[str, list[float]] = defaultdict(list)
         self.last_metrics: dict[str, Any] = {}
         self.stopped_by: str | None = None  # "max_steps" | "max_time" | "early_stopping" | "preempted"
-        # Set by a signal handler (preemption.py): {"signal": name}; all-reduced every micro-step.
+        # A preemption.Preemption (its `requested` set by the signal handler); all-reduced every micro-step.
         self.preemption = None
         self.preempted_by: str | None = None
         self.batch: dict[str, int] = {}  # world_size, grad_accum, max_atoms: kept by a resume on another world size

@@ -143,9 +143,3 @@ def fetch(url: str, sha256: str | None = None, policy: FetchPolicy = DEFAULT_POL
         return out
     out.close()
     raise ShardUnavailable(f"{url}: {reason} (after {policy.retries + 1} attempts)", kind)
-
-
-def read_bytes(url: str, policy: FetchPolicy = DEFAULT_POLICY) -> bytes:
-    """A small file (a manifest, the sizes table) whole, with the same retries."""
-    with fetch(url, None, policy) as stream:
-        return stream.read()

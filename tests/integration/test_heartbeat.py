@@ -3,15 +3,13 @@ frozen rank (no connection drops) ends the waiting one within the timeout, exit 
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from run_fixtures import clean_env, free_port, kill_tree
 
 from foundation.train.watchdog import EXIT_LOST_RANK
 
@@ -19,19 +17,10 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("heartbeat_run.py")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(mode: str, timeout: float) -> tuple[subprocess.Popen, float]:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(SCRIPT), mode, str(timeout)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen(cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True), time.time()
 
 
@@ -40,19 +29,6 @@ def test_a_rank_that_finished_is_named_by_the_one_still_waiting():
     out, _ = proc.communicate(timeout=120)
     assert "rank 1 (host" in out and "finished its run while this rank was still in it" in out, out[-3000:]
     assert "BARRIER PASSED" not in out
-
-
-def _tree(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    for line in out.splitlines():
-        p, pp = map(int, line.split())
-        children.setdefault(pp, []).append(p)
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo.extend(children.get(tree[-1], []))
-    return tree
 
 
 def test_a_frozen_rank_ends_the_waiting_one_within_the_timeout():
@@ -66,11 +42,7 @@ def test_a_frozen_rank_ends_the_waiting_one_within_the_timeout():
         took = time.time() - t0
         time.sleep(0.5)
     finally:
-        for pid in _tree(proc.pid):  # the frozen rank (torchrun would SIGKILL it only after 30 s)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_tree(proc.pid)  # the frozen rank (torchrun would SIGKILL it only after 30 s)
         proc.wait()
     out = "".join(lines)
     assert "has sent no heartbeat" in out and "rank 1 (host" in out, out[-3000:]

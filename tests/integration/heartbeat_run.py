@@ -1,4 +1,4 @@
-"""`torchrun --nproc_per_node 2 tests/train/heartbeat_run.py MODE`: the heartbeat on a bare process group.
+"""`torchrun --nproc_per_node 2 tests/integration/heartbeat_run.py MODE`: the heartbeat on a bare process group.
 
 finish: rank 1 leaves the run normally (teardown) while rank 0 waits in a barrier;
 stop:   rank 1 freezes (SIGSTOP itself) while rank 0 waits in a barrier.
