@@ -25,11 +25,13 @@ class EMA:
     loop sets it on resume.
     """
 
-    def __init__(self, model: nn.Module, decay: float, start: int = 0):
+    def __init__(self, model: nn.Module, decay: float, start: int = 0, device: torch.device | str | None = None):
         self.decay = float(decay)
         self.start, self.steps = int(start), 0
         self.updates = 0
-        self.module = copy.deepcopy(model).eval()
+        # the copy lives where the trained weights will (the engine moves the model after this):
+        # evaluation feeds it batches on that device
+        self.module = copy.deepcopy(model).to(device).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
         for t in list(self.module.parameters()) + list(self.module.buffers()):
@@ -54,18 +56,25 @@ class EMA:
             seen += 1
         if seen != len(own):
             raise RuntimeError(f"EMA update saw {seen} parameters, the EMA module has {len(own)}")
-        own_buffers = dict(self.module.named_buffers())
-        for name, b in buffers:
-            own_buffers[name].copy_(b.detach())
+        self._copy_buffers(buffers)
         self.updates += 1
 
     @torch.no_grad()
     def _copy(self, params, buffers) -> None:
-        own, own_buffers = dict(self.module.named_parameters()), dict(self.module.named_buffers())
+        own = dict(self.module.named_parameters())
         for name, p in params:
             own[name].copy_(p.detach())
+        self._copy_buffers(buffers)
+
+    def _copy_buffers(self, buffers) -> None:
+        """Buffers are copied, not averaged; one the trained model holds in a lower precision than
+        the copy (a constant cast for bf16/fp16 compute, `engine.cast_constants`) is left exact."""
+        own = dict(self.module.named_buffers())
         for name, b in buffers:
-            own_buffers[name].copy_(b.detach())
+            target = own[name]
+            if b.is_floating_point() and torch.finfo(b.dtype).bits < torch.finfo(target.dtype).bits:
+                continue
+            target.copy_(b.detach())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Flat tensors only (safetensors-ready); `updates` rides along as a 0-d tensor."""

@@ -7,12 +7,15 @@ DeepSpeed is imported when an engine is built, not with this module: importing i
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..model.heads import TaskHead
 from .config import DistributedConfig, OptimizerConfig
 from .deepspeed_config import deepspeed_config
 from .distributed import DistInfo
@@ -57,11 +60,40 @@ def build_engine(
     import deepspeed  # see the module docstring
 
     ds_config = deepspeed_config(dist, optimizer, load_universal=load_universal)
+    if not optimizer.torch_adam and info.device.type == "cuda":
+        check_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST", ""))
     module = module.to(info.device)
+    if dist.precision != "fp32":
+        cast_constants(module, torch.bfloat16 if dist.precision == "bf16" else torch.float16)
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=param_groups(module, optimizer.weight_decay, lr_scale), config=ds_config
     )
     return engine, ds_config
+
+
+def cast_constants(module: nn.Module, dtype: torch.dtype) -> None:
+    """Floating buffers outside the task heads to `dtype`. DeepSpeed (0.19.8) casts parameters to
+    bf16/fp16 but leaves buffers alone, and e3nn keeps its constants (Wigner 3j, normalisations) as
+    buffers: left float32 they meet bf16 features and its products refuse the mix. The heads'
+    buffers (normalisation, element references) stay float32, so outputs come out in float32."""
+    heads = {id(b) for m in module.modules() if isinstance(m, TaskHead) for b in m.buffers()}
+    for b in module.buffers():
+        if b.is_floating_point() and id(b) not in heads:
+            b.data = b.data.to(dtype)
+
+
+_ARCH = re.compile(r"^\d+\.\d+(\+PTX)?$")
+
+
+def check_arch_list(value: str) -> None:
+    """DeepSpeed's JIT build of its fused Adam (0.19.8) parses TORCH_CUDA_ARCH_LIST entries as plain
+    `major.minor[+PTX]` and fails with a bare ValueError on arch-specific ones such as `9.0a` (set by
+    some CUDA images); say which variable and what to set instead."""
+    bad = [cc for cc in value.replace(" ", ";").split(";") if cc.strip() and not _ARCH.match(cc.strip())]
+    if bad:
+        raise ValueError(f"TORCH_CUDA_ARCH_LIST={value!r}: DeepSpeed's fused Adam cannot build for {bad}; "
+                         "set plain capabilities (for example TORCH_CUDA_ARCH_LIST=9.0 on H100/H200) "
+                         "or optimizer.torch_adam=true")
 
 
 def compute_dtype(engine) -> torch.dtype:

@@ -187,8 +187,12 @@ class Trainer:
         was_training = module.training
         module.eval()
         needs_grad = any(getattr(t, "forces_of", None) for t in self.tasks)
+        prepare = self.prepare
+        if use_ema:  # the EMA copy stays float32 while the engine trains in bf16/fp16: batches in its dtype
+            dtype = next(p.dtype for p in module.parameters() if p.is_floating_point())
+            prepare = lambda b: b.to(self.info.device, dtype)  # noqa: E731
         with torch.set_grad_enabled(needs_grad):
-            metrics = evaluate(module.model, self.val_splits, self.tasks, self.info, self.prepare,
+            metrics = evaluate(module.model, self.val_splits, self.tasks, self.info, prepare,
                                self.s.eval.max_batches, collective, self.baselines)
         module.train(was_training)
         self.last_metrics = metrics

@@ -211,7 +211,7 @@ def _train(res: Resolved, split, info: DistInfo, preemption: Preemption) -> dict
     counts = check_labels(res, dirs, report=info.is_main)
     stats = task_statistics(res.tasks, dirs)
     objective = build_objective(res, stats)
-    ema = EMA(objective, cfg.ema.decay, cfg.ema.start_step) if cfg.ema.enabled else None
+    ema = EMA(objective, cfg.ema.decay, cfg.ema.start_step, info.device) if cfg.ema.enabled else None
     engine, plan, ds_config, res = _engine(res, objective, info)
     cfg = res.config
     if info.is_main:
