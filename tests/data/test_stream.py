@@ -15,7 +15,7 @@ from shard_fixtures import synthetic
 from foundation.data import Crystal
 from foundation.data.graph import neighbor_graph
 from foundation.data.shards.packing import SourceSizes, mixture_counts, plan_epoch, worker_batches
-from foundation.data.shards import SplitRule, write_shards
+from foundation.data.shards import SplitRule, packing, write_shards
 from foundation.data.shards.stream import LoaderConfig, build_loader
 
 ALL_TRAIN = SplitRule(fractions=(1.0, 0.0, 0.0))
@@ -226,3 +226,26 @@ def test_a_wholly_unreadable_shard_keeps_the_batch_count(three_shards, tmp_path,
     assert len(lost) == 10
     assert {i for b in batches for i in b} == {f"synth:s{i}" for i in range(25)} - lost
     assert "train-000000.tar" in caplog.text
+
+
+def test_workers_read_in_windows_with_the_same_batches(tmp_path, monkeypatch):
+    """Bookkeeping one window at a time (a worker's memory does not grow with the epoch): cuts
+    only where every earlier item precedes every later one, and the very same batches as one window."""
+    write_shards(synthetic(300, seed=4), tmp_path, shard_size=40, split=ALL_TRAIN, dedup=False, progress=False)
+    config = LoaderConfig(cutoff=4.0, max_atoms=40, shuffle_buffer=16)
+    loader = build_loader({"synth": str(tmp_path)}, "train", config, epoch=1)
+    one_window = [b.ids for b in loader]
+    plan = loader.plan
+    ids = np.arange(len(loader))
+    cuts, keys, last = packing.worker_windows(plan, 0, ids, window_items=30)
+    assert cuts[0] == 0 and cuts[-1] == len(ids) and len(cuts) > 4 and np.all(np.diff(cuts) > 0)
+    batches = plan.rank_batches[0]
+    for a, b, c in zip(cuts[:-2], cuts[1:-1], cuts[2:]):
+        assert batches.take(ids[a:b])[0].max() < batches.take(ids[b:c])[0].min()
+    every = batches.take(ids)[0]
+    for key, item in zip(keys, last):
+        assert item == every[packing.reader_keys(plan, every) == key].max()
+    monkeypatch.setattr(packing, "WINDOW_ITEMS", 30)
+    loader.set_epoch(1)
+    assert [b.ids for b in loader] == one_window
+    assert sorted(i for b in one_window for i in b) == sorted(f"synth:s{i}" for i in range(300))

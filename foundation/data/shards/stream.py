@@ -33,7 +33,8 @@ import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ..graph import collate, neighbor_graph
-from .packing import EpochPlan, SourceSizes, plan_epoch, release_free_memory, worker_batches
+from .packing import (EpochPlan, SourceSizes, plan_epoch, reader_keys, release_free_memory, worker_batches,
+                      worker_windows)
 from .format import decode_record
 from .remote import FetchPolicy, ShardUnavailable, fetch
 from .sources import resolve_sources
@@ -156,16 +157,28 @@ class _EpochDataset(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         ids = np.asarray(worker_batches(self.plan, self.rank, worker, n_workers, self.start), dtype=np.int64)
-        flat, sizes = self.plan.rank_batches[self.rank].take(ids)
         padding = np.asarray(self.plan.padding[self.rank], dtype=bool)[ids] if len(ids) else np.zeros(0, bool)
-        return self._iterate(flat, sizes, padding)
+        return self._iterate(ids, padding)
 
-    def _iterate(self, flat: np.ndarray, sizes: np.ndarray, padding: np.ndarray):
-        """Read the items `flat` (batches of `sizes` items) in plan order (each shard front to back, once), fill the
-        batches as their records arrive, emit them in order. The bookkeeping is numpy arrays of
-        the worker's items (a few bytes per record, not Python objects per record: a rank's epoch
-        of a million records would otherwise hold hundreds of MB of dicts and tuples)."""
-        p = self.plan
+    def _iterate(self, ids: np.ndarray, padding: np.ndarray):
+        """The worker's batches `ids` in order, read window by window (`packing.worker_windows`):
+        in each, the items in plan order (each shard front to back, once over the epoch), the
+        batches filled as their records arrive and emitted in order. The bookkeeping is numpy
+        arrays of one window's items (a few bytes per record, not Python objects per record),
+        so a worker's memory does not grow with the epoch."""
+        cuts, keys, last = worker_windows(self.plan, self.rank, ids)
+        release_free_memory()
+        state = {"readers": {}, "previous": None, "pending": 0}
+        events: Counter = Counter()
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+            flat, sizes = self.plan.rank_batches[self.rank].take(ids[a:b])
+            yield from self._window(flat, sizes, padding[a:b], keys, last, state, events)
+        if state["pending"]:
+            raise RuntimeError(f"rank {self.rank}: every record of this worker's {state['pending']} batch(es) is "
+                               "unreadable (see the warnings about corrupt shards above)")
+
+    def _window(self, flat, sizes, padding, keys, last, state: dict, events: Counter):
+        p, readers = self.plan, state["readers"]
         n_batches = len(sizes)
         batch_of = np.repeat(np.arange(n_batches, dtype=np.int32), sizes)
         pos_of = (np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)).astype(np.int32)
@@ -176,19 +189,11 @@ class _EpochDataset(torch.utils.data.IterableDataset):
         ends = np.r_[starts[1:], len(items)].astype(np.int32)
         unique = items[starts]
         del items
-        key = ((p.dataset[unique].astype(np.int64) * (int(p.occurrence.max(initial=0)) + 1)
-                + p.occurrence[unique]) * (int(p.shard.max(initial=0)) + 1) + p.shard[unique])
-        closes = np.zeros(len(unique), dtype=bool)  # the reader of this shard is done after this item
-        if len(key):
-            _, first_from_end = np.unique(key[::-1], return_index=True)
-            closes[len(key) - 1 - first_from_end] = True
-        del key
-        release_free_memory()
+        # the reader of this item's shard is done after it (its last item for this worker)
+        closes = unique == last[np.searchsorted(keys, reader_keys(p, unique))] if len(unique) else np.zeros(0, bool)
         filled: list[list | None] = [None] * n_batches
         left = sizes.tolist()
-        readers: dict[tuple, _ShardReader] = {}
-        events: Counter = Counter()
-        emit, pending, previous = 0, 0, None
+        emit = 0
         for u in range(len(unique)):
             g = int(unique[u])
             d, s = int(p.dataset[g]), int(p.shard[g])
@@ -219,19 +224,16 @@ class _EpochDataset(torch.utils.data.IterableDataset):
                 emit += 1
                 if batch is None:  # every record unreadable: repeat a good batch instead
                     events["replaced_batches"] += 1
-                    if previous is None:
-                        pending += 1
+                    if state["previous"] is None:
+                        state["pending"] += 1
                         continue
-                    batch = previous
+                    batch = state["previous"]
                 yield batch, dict(events)
                 events.clear()
-                previous = batch
-                for _ in range(pending):  # empties before the first good batch of this worker
+                state["previous"] = batch
+                for _ in range(state["pending"]):  # empties before the first good batch of this worker
                     yield batch, {}
-                pending = 0
-        if pending:
-            raise RuntimeError(f"rank {self.rank}: every record of this worker's {pending} batch(es) is "
-                               "unreadable (see the warnings about corrupt shards above)")
+                state["pending"] = 0
 
     def _emit(self, members: list, padding: bool, events: Counter):
         """The collated batch of the readable members, or None when none is readable."""
