@@ -20,7 +20,7 @@ from .config import DistributedConfig, OptimizerConfig
 from .deepspeed_config import deepspeed_config
 from .distributed import DistInfo
 
-__all__ = ["param_groups", "build_engine", "compute_dtype", "gathered"]
+__all__ = ["param_groups", "build_engine", "compute_dtype", "parameter_dtype", "gathered"]
 
 
 def param_groups(module: nn.Module, weight_decay: float,
@@ -98,7 +98,12 @@ def check_arch_list(value: str) -> None:
 
 def compute_dtype(engine) -> torch.dtype:
     """The dtype batches must be cast to: the engine's parameter dtype (bf16/fp16/fp32)."""
-    for p in engine.module.parameters():
+    return parameter_dtype(engine.module)
+
+
+def parameter_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of `module`'s floating parameters (float32 if it has none)."""
+    for p in module.parameters():
         if p.is_floating_point():
             return p.dtype
     return torch.float32

@@ -29,7 +29,7 @@ from ..metrics import eval_log_line, flat_scalars, head_verdicts, summary_table
 from .config import CheckpointConfig, EvalConfig, LogConfig, OptimizerConfig, ScheduleConfig
 from .distributed import DistInfo, all_reduce
 from .ema import EMA
-from .engine import gathered
+from .engine import gathered, parameter_dtype
 from .validation import evaluate
 from .schedule import learning_rate
 
@@ -189,7 +189,7 @@ class Trainer:
         needs_grad = any(getattr(t, "forces_of", None) for t in self.tasks)
         prepare = self.prepare
         if use_ema:  # the EMA copy stays float32 while the engine trains in bf16/fp16: batches in its dtype
-            dtype = next(p.dtype for p in module.parameters() if p.is_floating_point())
+            dtype = parameter_dtype(module)
             prepare = lambda b: b.to(self.info.device, dtype)  # noqa: E731
         with torch.set_grad_enabled(needs_grad):
             metrics = evaluate(module.model, self.val_splits, self.tasks, self.info, prepare,

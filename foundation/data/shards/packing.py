@@ -173,8 +173,8 @@ def plan_epoch(sources: list[SourceSizes], *, epoch: int, seed: int, world_size:
     # Kept for the whole epoch by every rank: the narrowest integers that hold the values and the
     # batches as slices of one array, so a million-record epoch costs ~15 MB, not ~150 MB of arrays
     # and per-batch objects (bench/corpus.py measures the loader's memory at 10^4 and 10^6 records).
-    return EpochPlan(_narrowest(dataset), _narrowest(shard), _narrowest(record), _narrowest(occ),
-                     _narrowest(atoms), [Batches.of(b) for b, _ in equal], [p for _, p in equal],
+    return EpochPlan(narrowest(dataset), narrowest(shard), narrowest(record), narrowest(occ),
+                     narrowest(atoms), [Batches.of(b) for b, _ in equal], [p for _, p in equal],
                      max(n_workers, 1))
 
 
@@ -197,7 +197,8 @@ def release_free_memory() -> None:
 _LIBC = None
 
 
-def _narrowest(values: np.ndarray) -> np.ndarray:
+def narrowest(values: np.ndarray) -> np.ndarray:
+    """`values` in the narrowest signed integer type that holds them (arrays kept for a whole run)."""
     top = int(values.max(initial=0))
     for dtype in (np.int8, np.int16, np.int32):
         if top <= np.iinfo(dtype).max:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from webdataset.tariterators import tarfile_samples
 
-from .packing import SourceSizes
+from .packing import SourceSizes, narrowest
 from .format import decode_record, read_manifest, read_sizes, shard_location
 
 __all__ = ["resolve_sources", "scan_shard", "edge_column"]
@@ -75,8 +75,8 @@ def resolve_sources(name: str, spec: str | list[str], split: str, cutoff: float,
         files = [_file_name(u) for u in urls]
         missing = [f for f in files if f not in sizes]
         if not missing:
-            # uint16 where it holds (every real crystal): the plan keeps these for the whole run
-            n_atoms = tuple(_compact(sizes[f]["n_atoms"]) for f in files)
+            # int16 where it holds (every real crystal): the plan keeps these for the whole run
+            n_atoms = tuple(narrowest(sizes[f]["n_atoms"]) for f in files)
             n_edges = None if column is None or not need_edges else tuple(
                 sizes[f]["n_edges"][:, column].astype(np.int32) for f in files)
             if not digests:  # tar URLs listed by hand: the manifest beside them has their sha256
@@ -87,10 +87,6 @@ def resolve_sources(name: str, spec: str | list[str], split: str, cutoff: float,
         raise ValueError(f"dataset {name!r}: max_edges needs a manifest with edge counts for its shards")
     log.warning("dataset %r: no manifest for %d shard URL(s); reading them once to count records", name, len(urls))
     return SourceSizes(name, tuple(urls), tuple(scan_shard(u) for u in urls), None)
-
-
-def _compact(n_atoms: np.ndarray) -> np.ndarray:
-    return n_atoms.astype(np.uint16 if int(n_atoms.max(initial=0)) <= np.iinfo(np.uint16).max else np.int32)
 
 
 def _file_name(url: str) -> str:
