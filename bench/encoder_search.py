@@ -37,7 +37,13 @@ CANDIDATES = {
                                   avg_num_neighbors=17.0),
     "128x0e, 3 blocks, 4 A, context": dict(hidden_irreps="128x0e", lmax=0, n_layers=3, radial_hidden=[32],
                                            cutoff=4.0, avg_num_neighbors=17.0, context=True),
-    "small": "configs/model/small.yaml",  # 64x0e+16x1o, 2 blocks, 4 A, context
+    "64x0e+16x1o, 2 blocks, 4 A, context": dict(hidden_irreps="64x0e + 16x1o", lmax=1, n_layers=2,
+                                                radial_hidden=[32], cutoff=4.0, avg_num_neighbors=17.0,
+                                                context=True),  # the default until scalar_last
+    "small": "configs/model/small.yaml",  # 64x0e+16x1o, 2 blocks, 4 A, context, scalar last block
+    "64x0e+16x1o, 3 blocks, 4 A, context, scalar last": dict(hidden_irreps="64x0e + 16x1o", lmax=1, n_layers=3,
+                                                             radial_hidden=[32], cutoff=4.0, avg_num_neighbors=17.0,
+                                                             context=True, scalar_last=True),
     "128x0e+8x1o, 3 blocks, 4 A, context": dict(hidden_irreps="128x0e + 8x1o", lmax=1, n_layers=3,
                                                 radial_hidden=[32], cutoff=4.0, avg_num_neighbors=17.0,
                                                 context=True),

@@ -54,6 +54,10 @@ class ModelConfig:
     radial_hidden: tuple[int, ...] = (64,)  # hidden widths of each block's radial MLP
     avg_num_neighbors: float = 20.0  # neighbour sums are divided by its square root
     context: bool = False  # every block mixes each atom's scalars with its structure's mean (interaction.py)
+    # The last block makes only its 0e channels (as MACE's last layer): nothing after it reads
+    # vectors (heads read invariants; forces and stress are gradients), so its l > 0 messages
+    # would be computed and discarded. Not with a LatentEwald block after the last block.
+    scalar_last: bool = False
     ewald_every: int = 0  # a LatentEwald block after every k-th interaction block; 0 = none
     ewald_hidden: int = 16  # width of the LatentEwald charge and feedback MLPs
     ewald_accuracy: float = 1e-4  # relative truncation error of the Ewald sums
@@ -78,6 +82,9 @@ class ModelConfig:
             raise ValueError(f"lmax must be >= 0, got {self.lmax}")
         if self.ewald_every < 0:
             raise ValueError(f"ewald_every must be >= 0 (0 disables), got {self.ewald_every}")
+        if self.scalar_last and self.ewald_every and self.n_layers % self.ewald_every == 0:
+            raise ValueError(f"scalar_last: the LatentEwald block after the last block (ewald_every "
+                             f"{self.ewald_every}, n_layers {self.n_layers}) reads its vectors; turn one off")
         if not 0 < self.ewald_accuracy < 1:
             raise ValueError(f"ewald_accuracy must be in (0, 1), got {self.ewald_accuracy}")
         if any(w < 1 for w in self.radial_hidden):

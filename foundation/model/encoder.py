@@ -79,7 +79,7 @@ class Encoder(nn.Module):
     """Equivariant message-passing encoder.
 
     forward(batch, positions=None) -> dict with
-        node_features    [n_atoms, irreps_out.dim]  all channels (equivariant)
+        node_features    [n_atoms, irreps_out.dim]  all channels (equivariant; 0e only with scalar_last)
         node_invariants  [n_atoms, F]               the 0e channels, F = config.n_scalars
         graph_features   [n_graphs, F]              mean over each structure's atoms
         block_features   [n_graphs, F_all]          the mean 0e channels of the embedding and of
@@ -110,9 +110,11 @@ class Encoder(nn.Module):
         self.ewald = nn.ModuleDict()  # str(block index) -> LatentEwald after that block
         irreps = self.irreps_embed
         block_scalars = []  # per block: the 0e channels of its output
+        scalars = o3.Irreps([(mul, ir) for mul, ir in hidden if ir == o3.Irrep("0e")])
         for layer in range(config.n_layers):
+            wanted = scalars if config.scalar_last and layer == config.n_layers - 1 else hidden
             block = InteractionBlock(
-                irreps, reachable_irreps(irreps, self.irreps_sh, hidden), self.irreps_sh,
+                irreps, reachable_irreps(irreps, self.irreps_sh, wanted), self.irreps_sh,
                 config.n_basis, config.radial_hidden,
                 config.avg_num_neighbors, context=config.context,
             )

@@ -28,6 +28,7 @@ from e3nn import o3
 from torch import nn
 
 from .pooling import mean_pool
+from .products import l1_product
 
 __all__ = ["InteractionBlock", "gate_for", "check_irreps", "normalize_irreps", "reachable_irreps"]
 
@@ -126,11 +127,15 @@ class InteractionBlock(nn.Module):
         if avg_num_neighbors <= 0:
             raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
         self.n_basis = int(n_basis)
+        self.dim_in = self.irreps_in.dim  # an int for forward (torch.compile guards on e3nn's Irreps fail)
         self.norm = float(avg_num_neighbors) ** -0.5
 
         self.gate = gate_for(self.irreps_out)
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
         self.tp, self.irreps_mid = _tensor_product(self.irreps_in, self.irreps_sh, self.gate.irreps_in)
+        # The same product written out where it is l <= 1 (foundation/nn/products.py says why);
+        # `self.tp` stays, holding its place in the state dict, and runs every other case.
+        self.product = l1_product(self.tp) or self.tp
         self.radial_mlp = enn.FullyConnectedNet(
             [self.n_basis, *radial_hidden, self.tp.weight_numel], torch.nn.functional.silu
         )
@@ -147,7 +152,7 @@ class InteractionBlock(nn.Module):
 
     def forward(self, node_feats, edge_sh, edge_radial, edge_index, graph=None, n_graphs: int = 0) -> torch.Tensor:
         """`graph` [n_atoms] (each atom's structure) and `n_graphs`: needed with the structure context."""
-        if node_feats.shape[-1] != self.irreps_in.dim:
+        if node_feats.shape[-1] != self.dim_in:
             raise ValueError(
                 f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.irreps_in.dim} "
                 f"({self.irreps_in})"
@@ -155,7 +160,7 @@ class InteractionBlock(nn.Module):
         receiver, sender = edge_index[0], edge_index[1]
         x = self.linear_in(node_feats)  # [n_atoms, irreps_in]
         weights = self.radial_mlp(edge_radial)  # [n_edges, tp.weight_numel]
-        messages = self.tp(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
+        messages = self.product(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
         agg = messages.new_zeros(node_feats.shape[0], messages.shape[1])
         agg = agg.index_add_(0, receiver, messages) * self.norm  # [n_atoms, irreps_mid]
         out = self.gate(self.linear_out(agg)) + self.self_connection(node_feats)  # [n_atoms, irreps_out]

@@ -2,7 +2,11 @@
 inversion), translation, permutation, periodic images and the choice of lattice basis; intensive
 outputs equal and extensive ones 8x for a 2x2x2 supercell; forces rotate with the structure,
 follow permutations and equal finite differences of the energy. Real Materials Project cells,
-also cut into a slab (pbc T,T,F) and a cluster (no pbc); the model includes latent Ewald blocks and the structure-context update."""
+also cut into a slab (pbc T,T,F) and a cluster (no pbc). Two models: l <= 2 with latent Ewald blocks
+and the structure-context update (e3nn's tensor products), and the default CPU encoder
+(`configs/model/small.yaml`: l <= 1 with the written-out product, a scalar-only last block)."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_fixtures import batch_of, float64_default, load_mp, supercell, transformed
 
+from foundation.config import from_dict, load_yaml
 from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
+from foundation.nn.products import L1Product
+
+SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/small.yaml"))
 
 CONFIG = ModelConfig(
     cutoff=4.0, n_basis=6, lmax=2, hidden_irreps="8x0e + 2x0o + 4x1o + 2x1e + 2x2e", n_layers=2,
@@ -33,20 +41,21 @@ ALL = BULK + [SLAB, CLUSTER]
 TOL = dict(rtol=1e-10, atol=1e-10)  # passes at 1e-11 too
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["lmax2_ewald", "small"])
+def model(request):
+    config = CONFIG if request.param == "lmax2_ewald" else SMALL
     torch.manual_seed(0)
     refs = {"energy": {z: -1.0 - 0.1 * z for z in range(119)}, "energy_per_atom": {8: -4.0, 89: -2.5}}
     norm = {"energy": (0.3, 1.7), "energy_per_atom": (-0.2, 0.9), "band_gap": (1.1, 2.0)}
     stats = {k: TaskStats((mean,), (std,), refs.get(k, {})) for k, (mean, std) in norm.items()}
-    m = FoundationModel(CONFIG, TASKS, stats, dtype=torch.float64)
+    m = FoundationModel(config, TASKS, stats, dtype=torch.float64)
     for ewald in m.encoder.ewald.values():  # the feedback starts at zero: make it act
         torch.nn.init.normal_(ewald.feedback_mlp[-1].weight, std=0.3)
     return m.eval()
 
 
 def predict(model, crystals):
-    return model(batch_of(crystals, CONFIG.cutoff))
+    return model(batch_of(crystals, model.config.cutoff))
 
 
 def rotation(seed: int, improper: bool) -> np.ndarray:
@@ -64,8 +73,12 @@ def test_outputs_are_not_trivial(model):
     p = predict(model, ALL)
     assert p["energy"].shape == (len(ALL),) and p["forces"].shape == (sum(c.n_atoms for c in ALL), 3)
     assert p["forces"].abs().max() > 1e-3 and p["energy"].std() > 1e-3
+    if model.config is SMALL:  # the written-out l <= 1 product runs; the last block makes scalars only
+        assert all(isinstance(block.product, L1Product) for block in model.encoder.blocks)
+        assert str(model.encoder.irreps_out) == "64x0e" and str(model.encoder.blocks[0].irreps_out) == "64x0e+16x1o"
+        return
     with torch.no_grad():
-        encoded = model.encoder(batch_of(ALL, CONFIG.cutoff))
+        encoded = model.encoder(batch_of(ALL, model.config.cutoff))
     assert len(model.encoder.ewald) == 2 and encoded["ewald_energy"].abs().min() > 1e-6
     assert str(model.encoder.irreps_out) == "8x0e+4x1o+2x1e+2x2e"  # 0o is out of reach in 2 layers
 
@@ -140,7 +153,7 @@ def test_supercell_intensive_equal_extensive_eightfold(model, index):
 @pytest.mark.parametrize("index", [0, 3, 4, 5])  # bulk, bulk, slab, cluster
 def test_forces_equal_finite_differences(model, index):
     c = ALL[index]
-    batch = batch_of([c], CONFIG.cutoff)
+    batch = batch_of([c], model.config.cutoff)
     forces = model(batch)["forces"]
 
     def energy(pos):
@@ -168,6 +181,6 @@ def test_wigner_d_in_float64_matches_rotated_features(model):
         d = model.encoder.irreps_out.D_from_matrix(torch.as_tensor(rot))
     rotated = transformed(c, positions=c.positions @ rot.T, cell=c.cell @ rot.T)
     with torch.no_grad():
-        a = model.encoder(batch_of([c], CONFIG.cutoff))["node_features"]
-        b = model.encoder(batch_of([rotated], CONFIG.cutoff))["node_features"]
+        a = model.encoder(batch_of([c], model.config.cutoff))["node_features"]
+        b = model.encoder(batch_of([rotated], model.config.cutoff))["node_features"]
     torch.testing.assert_close(a @ d.T, b, **TOL)

@@ -1,0 +1,91 @@
+"""The interaction block's l <= 1 tensor product, written out (the same numbers as e3nn's).
+
+Why hand-written beside e3nn: e3nn's `TensorProduct` is general (any l, any connection mode) and
+runs every path as an einsum against a Wigner 3j block. For the default CPU encoder (l <= 1
+features, 1x0e + 1x1o edge harmonics, "uvu" paths) each path is one of four products whose
+3j block is a Kronecker delta, so each is a broadcast multiply or a dot product. Measured on
+the 2-core development machine (`bench/speed.py`'s step profile of `configs/model/small.yaml`),
+the einsum path spends most of a step in `aten::mul`, `aten::sum` and `aten::bmm` over
+[edges, channels, 3, 3] intermediates; the explicit form skips them. It is checked equal to
+e3nn's output, values and gradients, in float64 (`tests/model/test_products.py`); any other
+tensor product (l >= 2, parity-changing 1o x 1o -> 1e paths) stays with e3nn.
+
+Layouts are e3nn's: x [n_edges, irreps_in1.dim] (mul-major: channel u of an l = 1 irrep is
+x[:, start + 3u : start + 3u + 3]), sh [n_edges, 4] = (Y0, Y1 in e3nn's (y, z, x) order),
+weights [n_edges, weight_numel] in instruction order, output [n_edges, irreps_out.dim].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from e3nn import o3
+
+__all__ = ["L1Product", "l1_product"]
+
+_KINDS = {(0, 0, 0): "ss", (0, 1, 1): "sv", (1, 0, 1): "vs", (1, 1, 0): "dot"}
+
+
+@dataclass(frozen=True)
+class _Path:
+    kind: str  # ss: s·Y0 -> 0e; sv: s·Y1 -> 1o; vs: v·Y0 -> 1o; dot: v·Y1 -> 0e
+    x: slice  # columns of x
+    out: slice  # columns of the output
+    mul: int
+    w: slice  # columns of the weights
+    scale: float  # e3nn's path weight x the 3j entry (1 or 1/sqrt(3))
+
+
+class L1Product:
+    """Callable (x, sh, weights) -> messages; equal to `tp(x, sh, weights)` for the e3nn `tp`
+    it was made from. Holds no tensors (the e3nn module keeps its place in the state dict)."""
+
+    def __init__(self, tp: o3.TensorProduct):
+        in_slices, out_slices = tp.irreps_in1.slices(), tp.irreps_out.slices()
+        paths, offset = [], 0
+        for ins in tp.instructions:
+            mul, ir1 = tp.irreps_in1[ins.i_in1]
+            ir2, ir3 = tp.irreps_in2[ins.i_in2].ir, tp.irreps_out[ins.i_out].ir
+            kind = _KINDS[(ir1.l, ir2.l, ir3.l)]
+            scale = ins.path_weight * (1.0 if kind == "ss" else 1.0 / math.sqrt(3.0))
+            paths.append(_Path(kind, in_slices[ins.i_in1], out_slices[ins.i_out], mul,
+                               slice(offset, offset + mul), scale))
+            offset += mul
+        # The output in column order: every column of irreps_out is written by exactly one path.
+        self.paths = sorted(paths, key=lambda p: p.out.start)
+        self.dim_out = tp.irreps_out.dim
+
+    def __call__(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        y0, y1 = sh[:, :1], sh[:, 1:4]  # [n, 1], [n, 3]
+        pieces = []
+        for p in self.paths:
+            w = weights[:, p.w] * p.scale if p.scale != 1.0 else weights[:, p.w]  # [n, mul]
+            if p.kind == "ss":
+                pieces.append(x[:, p.x] * w * y0)  # [n, mul]
+            elif p.kind == "sv":
+                pieces.append(((x[:, p.x] * w).unsqueeze(-1) * y1.unsqueeze(1)).reshape(n, -1))  # [n, mul*3]
+            elif p.kind == "vs":
+                pieces.append((x[:, p.x].reshape(n, p.mul, 3) * (w * y0).unsqueeze(-1)).reshape(n, -1))
+            else:  # dot
+                pieces.append(w * torch.bmm(x[:, p.x].reshape(n, p.mul, 3), y1.unsqueeze(-1)).squeeze(-1))
+        return torch.cat(pieces, dim=1)
+
+
+def l1_product(tp: o3.TensorProduct) -> L1Product | None:
+    """The written-out product for `tp`, or None when `tp` is not one (any l >= 2, a 1e output,
+    edge harmonics other than 1x0e + 1x1o, a mode other than uvu, shared weights)."""
+    if tp.irreps_in2 != o3.Irreps("1x0e + 1x1o") or tp.shared_weights or tp.internal_weights:
+        return None
+    for ins in tp.instructions:
+        ls = (tp.irreps_in1[ins.i_in1].ir.l, tp.irreps_in2[ins.i_in2].ir.l, tp.irreps_out[ins.i_out].ir.l)
+        if ins.connection_mode != "uvu" or not ins.has_weight or ls not in _KINDS:
+            return None
+        if tp.irreps_in1[ins.i_in1].ir.p * tp.irreps_in2[ins.i_in2].ir.p != tp.irreps_out[ins.i_out].ir.p:
+            return None
+    covered = sorted((s.start, s.stop) for s in (tp.irreps_out.slices()[i.i_out] for i in tp.instructions))
+    if [a for a, _ in covered] != [b for _, b in [(0, 0), *covered[:-1]]] or covered[-1][1] != tp.irreps_out.dim:
+        return None  # an output column no path writes (or two paths summed into one): leave it to e3nn
+    return L1Product(tp)

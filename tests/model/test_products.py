@@ -1,0 +1,56 @@
+"""The written-out l <= 1 tensor product equals e3nn's, values and gradients, in float64; every
+other product is left to e3nn."""
+
+import pytest
+import torch
+from e3nn import o3
+from model_fixtures import float64_default
+
+from foundation.nn.interaction import InteractionBlock, _tensor_product
+from foundation.nn.products import L1Product, l1_product
+
+SH1 = o3.Irreps("1x0e + 1x1o")
+
+
+@pytest.mark.parametrize("irreps_in, wanted", [
+    ("64x0e", "80x0e + 16x1o"),  # the first block: scalars in, vectors made from the edge direction
+    ("64x0e + 16x1o", "80x0e + 16x1o"),  # every path: s·Y0, s·Y1, v·Y0, v·Y1
+    ("64x0e + 16x1o", "64x0e"),  # a scalar-only last block: s·Y0 and v·Y1
+    ("3x0e + 5x1o + 2x0e", "4x0e + 2x1o"),  # unmerged, unsorted input channels
+])
+def test_equals_e3nn_values_and_gradients(irreps_in, wanted):
+    with float64_default():
+        tp, _ = _tensor_product(o3.Irreps(irreps_in), SH1, o3.Irreps(wanted))
+        product = l1_product(tp)
+        assert isinstance(product, L1Product)
+        gen = torch.Generator().manual_seed(0)
+        n = 37
+        x = torch.randn(n, tp.irreps_in1.dim, generator=gen, requires_grad=True)
+        sh = torch.randn(n, 4, generator=gen, requires_grad=True)
+        w = torch.randn(n, tp.weight_numel, generator=gen, requires_grad=True)
+        expected, got = tp(x, sh, w), product(x, sh, w)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        probe = torch.randn(expected.shape, generator=gen)
+        grads_e = torch.autograd.grad((expected * probe).sum(), (x, sh, w))
+        grads_g = torch.autograd.grad((got * probe).sum(), (x, sh, w))
+    for a, b in zip(grads_g, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("irreps_in, sh, wanted", [
+    ("8x0e + 4x1o", "1x0e + 1x1o + 1x2e", "8x0e + 4x1o"),  # l = 2 harmonics
+    ("8x0e + 4x1o", "1x0e + 1x1o", "8x0e + 4x1o + 2x1e"),  # 1o x 1o -> 1e (a cross product)
+    ("8x0e + 4x2e", "1x0e + 1x1o", "8x0e + 4x1o"),  # l = 2 features
+])
+def test_other_products_stay_with_e3nn(irreps_in, sh, wanted):
+    tp, _ = _tensor_product(o3.Irreps(irreps_in), o3.Irreps(sh), o3.Irreps(wanted))
+    assert l1_product(tp) is None
+    block = InteractionBlock(irreps_in, wanted, sh, n_basis=4, radial_hidden=(4,))
+    assert block.product is block.tp
+
+
+def test_state_dict_keeps_e3nn_keys():
+    """Checkpoints written before the written-out product load unchanged: same keys."""
+    block = InteractionBlock("8x0e + 4x1o", "8x0e + 4x1o", "1x0e + 1x1o", n_basis=4, radial_hidden=(4,))
+    assert isinstance(block.product, L1Product)
+    assert {"tp.weight", "tp.output_mask"} <= set(block.state_dict())
