@@ -134,8 +134,8 @@ class InteractionBlock(nn.Module):
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
         self.tp, self.irreps_mid = _tensor_product(self.irreps_in, self.irreps_sh, self.gate.irreps_in)
         # The same product written out where it is l <= 1 (foundation/nn/products.py says why);
-        # `self.tp` stays, holding its place in the state dict, and runs every other case.
-        self.product = l1_product(self.tp) or self.tp
+        # `self.tp` stays, holding its place in the state dict, and runs every other case (None here).
+        self.written_out = l1_product(self.tp)
         self.radial_mlp = enn.FullyConnectedNet(
             [self.n_basis, *radial_hidden, self.tp.weight_numel], torch.nn.functional.silu
         )
@@ -160,7 +160,8 @@ class InteractionBlock(nn.Module):
         receiver, sender = edge_index[0], edge_index[1]
         x = self.linear_in(node_feats)  # [n_atoms, irreps_in]
         weights = self.radial_mlp(edge_radial)  # [n_edges, tp.weight_numel]
-        messages = self.product(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
+        product = self.tp if self.written_out is None else self.written_out
+        messages = product(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
         agg = messages.new_zeros(node_feats.shape[0], messages.shape[1])
         agg = agg.index_add_(0, receiver, messages) * self.norm  # [n_atoms, irreps_mid]
         out = self.gate(self.linear_out(agg)) + self.self_connection(node_feats)  # [n_atoms, irreps_out]

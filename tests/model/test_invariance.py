@@ -74,7 +74,7 @@ def test_outputs_are_not_trivial(model):
     assert p["energy"].shape == (len(ALL),) and p["forces"].shape == (sum(c.n_atoms for c in ALL), 3)
     assert p["forces"].abs().max() > 1e-3 and p["energy"].std() > 1e-3
     if model.config is SMALL:  # the written-out l <= 1 product runs; the last block makes scalars only
-        assert all(isinstance(block.product, L1Product) for block in model.encoder.blocks)
+        assert all(isinstance(block.written_out, L1Product) for block in model.encoder.blocks)
         assert str(model.encoder.irreps_out) == "64x0e" and str(model.encoder.blocks[0].irreps_out) == "64x0e+16x1o"
         return
     with torch.no_grad():

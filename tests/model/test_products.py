@@ -18,13 +18,13 @@ SH1 = o3.Irreps("1x0e + 1x1o")
     ("64x0e + 16x1o", "64x0e"),  # a scalar-only last block: s·Y0 and v·Y1
     ("3x0e + 5x1o + 2x0e", "4x0e + 2x1o"),  # unmerged, unsorted input channels
 ])
-def test_equals_e3nn_values_and_gradients(irreps_in, wanted):
+@pytest.mark.parametrize("n", [37, 0])  # 0: a batch with no edges (an isolated atom)
+def test_equals_e3nn_values_and_gradients(irreps_in, wanted, n):
     with float64_default():
         tp, _ = _tensor_product(o3.Irreps(irreps_in), SH1, o3.Irreps(wanted))
         product = l1_product(tp)
         assert isinstance(product, L1Product)
         gen = torch.Generator().manual_seed(0)
-        n = 37
         x = torch.randn(n, tp.irreps_in1.dim, generator=gen, requires_grad=True)
         sh = torch.randn(n, 4, generator=gen, requires_grad=True)
         w = torch.randn(n, tp.weight_numel, generator=gen, requires_grad=True)
@@ -46,11 +46,13 @@ def test_other_products_stay_with_e3nn(irreps_in, sh, wanted):
     tp, _ = _tensor_product(o3.Irreps(irreps_in), o3.Irreps(sh), o3.Irreps(wanted))
     assert l1_product(tp) is None
     block = InteractionBlock(irreps_in, wanted, sh, n_basis=4, radial_hidden=(4,))
-    assert block.product is block.tp
+    assert block.written_out is None
+    assert not any(k.startswith("written_out") for k in block.state_dict())  # one copy of e3nn's buffers
 
 
 def test_state_dict_keeps_e3nn_keys():
     """Checkpoints written before the written-out product load unchanged: same keys."""
     block = InteractionBlock("8x0e + 4x1o", "8x0e + 4x1o", "1x0e + 1x1o", n_basis=4, radial_hidden=(4,))
-    assert isinstance(block.product, L1Product)
+    assert isinstance(block.written_out, L1Product)
     assert {"tp.weight", "tp.output_mask"} <= set(block.state_dict())
+    assert not any(k.startswith("written_out") for k in block.state_dict())
