@@ -110,9 +110,9 @@ class Encoder(nn.Module):
         self.ewald = nn.ModuleDict()  # str(block index) -> LatentEwald after that block
         irreps = self.irreps_embed
         block_scalars = []  # per block: the 0e channels of its output
-        scalars = o3.Irreps([(mul, ir) for mul, ir in hidden if ir == o3.Irrep("0e")])
         for layer in range(config.n_layers):
-            wanted = scalars if config.scalar_last and layer == config.n_layers - 1 else hidden
+            # scalar_last: the last block makes only the scalars of hidden (n_scalars x 0e, as the embedding)
+            wanted = self.irreps_embed if config.scalar_last and layer == config.n_layers - 1 else hidden
             block = InteractionBlock(
                 irreps, reachable_irreps(irreps, self.irreps_sh, wanted), self.irreps_sh,
                 config.n_basis, config.radial_hidden,

@@ -127,7 +127,6 @@ class InteractionBlock(nn.Module):
         if avg_num_neighbors <= 0:
             raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
         self.n_basis = int(n_basis)
-        self.dim_in = self.irreps_in.dim  # an int for forward (torch.compile guards on e3nn's Irreps fail)
         self.norm = float(avg_num_neighbors) ** -0.5
 
         self.gate = gate_for(self.irreps_out)
@@ -152,7 +151,7 @@ class InteractionBlock(nn.Module):
 
     def forward(self, node_feats, edge_sh, edge_radial, edge_index, graph=None, n_graphs: int = 0) -> torch.Tensor:
         """`graph` [n_atoms] (each atom's structure) and `n_graphs`: needed with the structure context."""
-        if node_feats.shape[-1] != self.dim_in:
+        if node_feats.shape[-1] != self.irreps_in.dim:
             raise ValueError(
                 f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.irreps_in.dim} "
                 f"({self.irreps_in})"
