@@ -8,7 +8,10 @@ the task config's settings, scored on the VALIDATION split only (the test split 
 
 Each candidate changes one or two levers of issue 12 against its neighbour in the list: the cutoff
 (edges per atom), depth, l = 1 vector channels against scalars only, and the structure-context
-update (`context`).
+update (`context`). `--settings` runs the chosen candidates again under other training settings
+(evaluation cadence, learning rate, batch size, EMA), each a set of overrides of the task config:
+
+    python bench/encoder_search.py --only small --settings "task config" "eval every 1000"
 """
 
 from __future__ import annotations
@@ -49,11 +52,26 @@ CANDIDATES = {
                                                 context=True),
 }
 
+# name -> overrides of configs/finetune/formation_energy.yaml (the training settings, not the model)
+SETTINGS = {
+    "task config": [],  # evaluation every 100 steps on 40 batches, lr 5e-3, 256 atoms per rank, EMA 0.99
+    "eval every 1000": ["eval.every=1000", "checkpoints.every=2000"],
+    "eval every 1000, lr 1e-2": ["eval.every=1000", "checkpoints.every=2000", "optimizer.lr=1.0e-2"],
+    "eval every 1000, 512 atoms, lr 7e-3": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=512",
+                                            "optimizer.lr=7.0e-3"],
+    "eval every 1000, 512 atoms, lr 5e-3": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=512"],
+    "eval every 1000, 1024 atoms, lr 1e-2": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=1024",
+                                             "optimizer.lr=1.0e-2"],
+    "eval every 1000, EMA 0.999": ["eval.every=1000", "checkpoints.every=2000", "ema.decay=0.999"],
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="4m")
     parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="a subset of the candidates")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["task config"],
+                        help="training settings to run each candidate under (default: the task config's)")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--work", default="work/bench_encoder_search")
     parser.add_argument("--out", default="bench/results/encoder_search.json")
@@ -64,28 +82,32 @@ def main(argv: list[str] | None = None) -> int:
                "note": "validation-split MAE only: the selection split", "candidates": {}}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(args.only or CANDIDATES):
+        runs = [(name, setting) for name in args.only or CANDIDATES for setting in args.settings]
+        for i, (name, setting) in enumerate(runs):
             spec = CANDIDATES[name]
             if isinstance(spec, str):
                 model = str(ROOT / spec)
             else:
                 model = str(Path(tmp) / f"candidate{i}.yaml")
                 Path(model).write_text(yaml.safe_dump({**COMMON, **spec}))
-            print(f"[{time.perf_counter() - start:6.0f} s] {name}, {args.budget}", flush=True)
+            label = name if setting == "task config" else f"{name} | {setting}"
+            print(f"[{time.perf_counter() - start:6.0f} s] {label}, {args.budget}", flush=True)
             summary = run_finetune(["--config", "configs/finetune/formation_energy.yaml", "--model", model,
                                     f"max_time={args.budget}", "max_steps=null", "epochs=null",
-                                    "early_stopping.patience=1000000", *args.extra],
+                                    "early_stopping.patience=1000000", *SETTINGS[setting], *args.extra],
                                    ROOT / args.work / f"candidate{i}", args.nproc)
             val = summary["validation"]["formation_energy"]
-            results["candidates"][name] = {"model": spec, "val_mae": val["mae"], "steps": summary["steps"],
-                                           "atoms_per_s": round(summary["training"]["atoms_per_s"], 1)}
+            results["candidates"][label] = {"model": spec, "settings": SETTINGS[setting], "val_mae": val["mae"],
+                                            "steps": summary["steps"],
+                                            "atoms_per_s": round(summary["training"]["atoms_per_s"], 1),
+                                            "train_seconds": round(summary["training"]["train_seconds"], 1)}
     results["total_seconds"] = round(time.perf_counter() - start, 1)
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"{'candidate':<42}{'val MAE':>10}{'steps':>8}{'atoms/s':>10}")
+    print(f"{'candidate':<60}{'val MAE':>10}{'steps':>8}{'atoms/s':>10}")
     for name, row in results["candidates"].items():
-        print(f"{name:<42}{row['val_mae']:>10.4f}{row['steps']:>8}{row['atoms_per_s']:>10.0f}")
+        print(f"{name:<60}{row['val_mae']:>10.4f}{row['steps']:>8}{row['atoms_per_s']:>10.0f}")
     print(f"-> {out}")
     return 0
 
