@@ -62,6 +62,8 @@ SETTINGS = {
     "eval every 1000, 512 atoms, lr 5e-3": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=512"],
     "eval every 1000, 1024 atoms, lr 1e-2": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=1024",
                                              "optimizer.lr=1.0e-2"],
+    "eval every 1000, 2048 atoms, lr 1e-2": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=2048",
+                                             "optimizer.lr=1.0e-2"],
     "eval every 1000, EMA 0.999": ["eval.every=1000", "checkpoints.every=2000", "ema.decay=0.999"],
 }
 
