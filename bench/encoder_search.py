@@ -11,7 +11,7 @@ Each candidate changes one or two levers of issue 12 against its neighbour in th
 update (`context`). `--settings` runs the chosen candidates again under other training settings
 (evaluation cadence, learning rate, batch size, EMA), each a set of overrides of the task config:
 
-    python bench/encoder_search.py --only small --settings "task config" "eval every 1000"
+    python bench/encoder_search.py --only small --settings "256 atoms, lr 5e-3, eval every 100" "eval every 1000"
 """
 
 from __future__ import annotations
@@ -52,19 +52,22 @@ CANDIDATES = {
                                                 context=True),
 }
 
+# The settings search started from the task config of the second round; each setting below is spelled
+# out in full from there, so the search reruns the same way whatever the task config now holds.
+_ROUND2 = {"eval.every": 100, "checkpoints.every": 500, "loader.max_atoms": 256, "optimizer.lr": 5.0e-3,
+           "ema.decay": 0.99}
+_SPARSE = {**_ROUND2, "eval.every": 1000, "checkpoints.every": 2000}
 # name -> overrides of configs/finetune/formation_energy.yaml (the training settings, not the model)
 SETTINGS = {
-    "task config": [],  # evaluation every 100 steps on 40 batches, lr 5e-3, 256 atoms per rank, EMA 0.99
-    "eval every 1000": ["eval.every=1000", "checkpoints.every=2000"],
-    "eval every 1000, lr 1e-2": ["eval.every=1000", "checkpoints.every=2000", "optimizer.lr=1.0e-2"],
-    "eval every 1000, 512 atoms, lr 7e-3": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=512",
-                                            "optimizer.lr=7.0e-3"],
-    "eval every 1000, 512 atoms, lr 5e-3": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=512"],
-    "eval every 1000, 1024 atoms, lr 1e-2": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=1024",
-                                             "optimizer.lr=1.0e-2"],
-    "eval every 1000, 2048 atoms, lr 1e-2": ["eval.every=1000", "checkpoints.every=2000", "loader.max_atoms=2048",
-                                             "optimizer.lr=1.0e-2"],
-    "eval every 1000, EMA 0.999": ["eval.every=1000", "checkpoints.every=2000", "ema.decay=0.999"],
+    "task config": {},  # whatever the task config holds (since the third round: 1,024 atoms, lr 1e-2, eval every 1000)
+    "256 atoms, lr 5e-3, eval every 100": _ROUND2,  # the task config of the second round
+    "eval every 1000": _SPARSE,
+    "eval every 1000, lr 1e-2": {**_SPARSE, "optimizer.lr": 1.0e-2},
+    "eval every 1000, 512 atoms, lr 7e-3": {**_SPARSE, "loader.max_atoms": 512, "optimizer.lr": 7.0e-3},
+    "eval every 1000, 512 atoms, lr 5e-3": {**_SPARSE, "loader.max_atoms": 512},
+    "eval every 1000, 1024 atoms, lr 1e-2": {**_SPARSE, "loader.max_atoms": 1024, "optimizer.lr": 1.0e-2},
+    "eval every 1000, 2048 atoms, lr 1e-2": {**_SPARSE, "loader.max_atoms": 2048, "optimizer.lr": 1.0e-2},
+    "eval every 1000, EMA 0.999": {**_SPARSE, "ema.decay": 0.999},
 }
 
 
@@ -93,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                 model = str(Path(tmp) / f"candidate{i}.yaml")
                 Path(model).write_text(yaml.safe_dump({**COMMON, **spec}))
             label = name if setting == "task config" else f"{name} | {setting}"
+            overrides = [f"{key}={value}" for key, value in SETTINGS[setting].items()]
             print(f"[{time.perf_counter() - start:6.0f} s] {label}, {args.budget}", flush=True)
             summary = run_finetune(["--config", "configs/finetune/formation_energy.yaml", "--model", model,
                                     f"max_time={args.budget}", "max_steps=null", "epochs=null",
-                                    "early_stopping.patience=1000000", *SETTINGS[setting], *args.extra],
+                                    "early_stopping.patience=1000000", *overrides, *args.extra],
                                    ROOT / args.work / f"candidate{i}", args.nproc)
             val = summary["validation"]["formation_energy"]
-            results["candidates"][label] = {"model": spec, "settings": SETTINGS[setting], "val_mae": val["mae"],
+            results["candidates"][label] = {"model": spec, "settings": overrides, "val_mae": val["mae"],
                                             "steps": summary["steps"],
                                             "atoms_per_s": round(summary["training"]["atoms_per_s"], 1),
                                             "train_seconds": round(summary["training"]["train_seconds"], 1)}
