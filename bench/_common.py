@@ -1,5 +1,6 @@
-"""What the benchmarks share: the machine's description, and one real fine-tuning run
-(`launch/finetune.py` under torchrun, one thread per process) returning its summary."""
+"""What the benchmarks share: the machine's description, and one real fine-tuning or
+pretraining run (`launch/finetune.py`, `launch/pretrain.py` under torchrun, one thread per process)
+returning its summary."""
 
 from __future__ import annotations
 
@@ -32,14 +33,14 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def run_finetune(arguments: list[str], run_dir: Path, nproc: int) -> dict:
-    """`launch/finetune.py ARGUMENTS --run-dir RUN_DIR` on `nproc` processes; its summary.json plus
-    the command's wall seconds (start-up and sharding included)."""
+def _torchrun(launcher: str, arguments: list[str], run_dir: Path, nproc: int) -> dict:
+    """`launch/<launcher> ARGUMENTS` (with the run directory) on `nproc` processes, one thread each;
+    the run's summary.json plus the command's wall seconds (start-up and sharding included)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    script = [str(ROOT / "launch/finetune.py"), *arguments, "--run-dir", str(run_dir), "log.progress=false",
-              "log.tensorboard=false"]
+    where = ["--run-dir", str(run_dir)] if launcher == "finetune.py" else [f"run_dir={run_dir}"]
+    script = [str(ROOT / "launch" / launcher), *arguments, *where, "log.progress=false", "log.tensorboard=false"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(free_port()), *script]
     start = time.perf_counter()
@@ -49,3 +50,15 @@ def run_finetune(arguments: list[str], run_dir: Path, nproc: int) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["command_seconds"] = round(time.perf_counter() - start, 1)
     return summary
+
+
+def run_finetune(arguments: list[str], run_dir: Path, nproc: int) -> dict:
+    """`launch/finetune.py ARGUMENTS --run-dir RUN_DIR` on `nproc` processes; its summary.json plus
+    the command's wall seconds (start-up and sharding included)."""
+    return _torchrun("finetune.py", arguments, run_dir, nproc)
+
+
+def run_pretrain(arguments: list[str], run_dir: Path, nproc: int) -> dict:
+    """`launch/pretrain.py ARGUMENTS run_dir=RUN_DIR` on `nproc` processes (a fresh run: an earlier
+    run's checkpoints in RUN_DIR would resume it); its summary.json plus the command's wall seconds."""
+    return _torchrun("pretrain.py", arguments, run_dir, nproc)

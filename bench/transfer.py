@@ -5,6 +5,7 @@ writes bench/results/transfer*.json (+ PNG).
     python bench/transfer.py curves    [--checkpoint small-corpus] [--tasks ...] [--sizes 100 500 all]
                                        [--seeds 0 1 2] [--budget 40s]
     python bench/transfer.py ablations [--task perovskites] [--size 500] [--seeds 0 1 2]
+    python bench/transfer.py pretrain-ablations [--steps 2000] [--task perovskites] [--size 500] [--seeds 0 1 2]
     python bench/transfer.py features  [--tasks log_kvrh log_gvrh perovskites]
     python bench/transfer.py plot --inputs A.json B.json [--out bench/results/transfer_curves.png]
 
@@ -21,8 +22,11 @@ mean and spread over seeds. Ratio < 1: pretraining helps.
 ablations: the fine-tuning side of the JMP recipe at one training size, from the same checkpoint:
 the task config's layer-wise lr decay against none (1.0) and 0.5, and a frozen encoder (only the
 new head trains). The pretraining-side ablations (uncertainty against fixed task weights,
-temperature 1 against 2) need one pretraining run each: `pretrain-ablations` runs them at a short
-budget (`--steps`) and fine-tunes each the same way.
+temperature 1 against 2) need one pretraining run each: `pretrain-ablations` runs the pretraining
+config (`--pretrain-config`, default configs/pretrain/corpus.yaml: the same data, model, seed and
+schedule shape) for `--steps` steps once per variant, then fine-tunes each export on `--task` at
+`--size` with every seed, beside the same architecture from scratch; the choice is made on the
+fine-tunes' validation MAE.
 
 features: frozen structure features of the train/val/test splits of each task's own shards, a
 ridge (RidgeCV, alpha chosen on the train split by efficient leave-one-out) and a small MLP
@@ -44,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, machine, run_finetune
+from _common import ROOT, machine, run_finetune, run_pretrain
 
 # task -> (finetune config, the task scored, sizes that make sense)
 TASKS = {
@@ -60,6 +64,13 @@ ABLATIONS = {
     "lr_decay=0.5": ["lr_decay=0.5"],
     "freeze=encoder": ["freeze=encoder"],
     "scratch": ["from_scratch=true"],
+}
+
+# the pretraining side of the JMP recipe: overrides of the pretraining config (--pretrain-config)
+PRETRAIN_ABLATIONS = {
+    "uncertainty weights, T=2": [],  # the corpus config's own settings
+    "fixed weights (all 1), T=2": ["loss=fixed"],
+    "uncertainty weights, T=1": ["loader.temperature=1.0"],
 }
 
 
@@ -126,6 +137,52 @@ def ablations(args) -> dict:
                                  "val": _spread([r["val_mae"] for r in runs])}
         print(f"    {name}: val {out['variants'][name]['val']['mean']:.4f}, test {out['variants'][name]['mean']:.4f}",
               flush=True)
+    return out
+
+
+def _fine_tunes(args, checkpoint: str, name: str, extra: list[str]) -> dict:
+    runs = []
+    for seed in args.seeds:
+        print(f"{args.task} train {args.size} seed {seed}: {name}", flush=True)
+        summary = run_finetune(_arguments(args.task, checkpoint, args.budget, args.size, seed, extra),
+                               ROOT / args.work / "pretrain_ablations" / args.task / f"{_slug(name)}-{seed}", args.nproc)
+        runs.append(_score(summary, TASKS[args.task][1]))
+    return {"runs": runs, "test": _spread([r["test_mae"] for r in runs]), "val": _spread([r["val_mae"] for r in runs])}
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def pretrain_ablations(args) -> dict:
+    """One short pretraining run per PRETRAIN_ABLATIONS variant, each fine-tuned the same way."""
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "processes": args.nproc,
+           "pretrain_config": args.pretrain_config, "pretrain_steps": args.steps, "budget": args.budget, "task": args.task,
+           "size": args.size, "seeds": args.seeds, "variants": {}}
+    start = time.perf_counter()
+    exports = {}
+    for name, extra in PRETRAIN_ABLATIONS.items():
+        run_dir = ROOT / args.work / "pretrain_ablations" / "pretrain" / _slug(name)
+        if (run_dir / "checkpoints").exists():  # never resume a different ablation's run
+            raise SystemExit(f"{run_dir} holds an earlier run; remove it first")
+        print(f"[{time.perf_counter() - start:6.0f} s] pretrain {args.steps} steps: {name}", flush=True)
+        summary = run_pretrain(["--config", args.pretrain_config, f"max_steps={args.steps}", f"eval.every={args.steps}",
+                                f"checkpoints.every={args.steps}", *extra], run_dir, args.nproc)
+        verdicts = summary["heads"]
+        exports[name] = str(run_dir / "export")
+        out["variants"][name] = {
+            "pretrain_overrides": extra, "pretrain_seconds": summary["command_seconds"],
+            "atoms_per_s": summary["atoms_per_s"], "heads_learning": sum(v == "learns" for v in verdicts.values()),
+            "heads": len(verdicts), "task_weights": summary.get("task_weights"),
+            **_fine_tunes(args, exports[name], name, [])}
+    first = next(iter(exports.values()))  # the architecture is the same in every variant
+    out["scratch"] = _fine_tunes(args, first, "scratch", ["from_scratch=true"])
+    for name, row in out["variants"].items():
+        row["ratio"] = _spread([p["test_mae"] / s["test_mae"] for p, s in zip(row["runs"], out["scratch"]["runs"])])
+        print(f"    {name}: heads learning {row['heads_learning']}/{row['heads']}, fine-tuned val "
+              f"{row['val']['mean']:.4f}, test {row['test']['mean']:.4f} (x{row['ratio']['mean']:.3f} scratch)", flush=True)
+    out["chosen_on_val"] = min(out["variants"], key=lambda n: out["variants"][n]["val"]["mean"])
+    out["total_seconds"] = round(time.perf_counter() - start, 1)
     return out
 
 
@@ -267,7 +324,7 @@ def merged(paths: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("curves", "ablations", "features", "plot"))
+    parser.add_argument("mode", choices=("curves", "ablations", "pretrain-ablations", "features", "plot"))
     parser.add_argument("--inputs", nargs="+", default=[], help="plot: curves JSON files to draw together")
     parser.add_argument("--checkpoint", default="small-corpus", help="the pretrained export (path or shipped name)")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -276,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="40s", help="wall-clock training budget of every fine-tune")
     parser.add_argument("--task", default="perovskites", choices=list(TASKS), help="ablations: the task")
     parser.add_argument("--size", default="500", help="ablations: the training size")
+    parser.add_argument("--steps", type=int, default=2000, help="pretrain-ablations: pretraining steps of each variant")
+    parser.add_argument("--pretrain-config", default="configs/pretrain/corpus.yaml",
+                        help="pretrain-ablations: the pretraining config every variant overrides")
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--pretrained-args", nargs="*", default=[],
                         help="curves: overrides for the pretrained variant only, chosen on validation by "
@@ -292,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.mode == "features" and args.tasks == list(TASKS):
         args.tasks = ["log_kvrh", "log_gvrh", "perovskites"]
-    results = {"curves": curves, "ablations": ablations, "features": features}[args.mode](args)
+    results = {"curves": curves, "ablations": ablations, "pretrain-ablations": pretrain_ablations,
+               "features": features}[args.mode](args)
     results["command"] = "python bench/transfer.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = ROOT / (args.out or f"bench/results/transfer_{args.mode}.json")
+    out = ROOT / (args.out or f"bench/results/transfer_{args.mode.replace('-', '_')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     if args.mode == "curves":
