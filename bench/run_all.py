@@ -36,12 +36,15 @@ def commands(quick: bool, out: Path) -> list[list[str]]:
              "--work", str(out / "transfer_runs"), "--out", str(out / "transfer_curves.json")],
             ["bench/transfer.py", "features", "--tasks", "dcdft", "--extractors", "ours_blocks", "ours_blocks+heads",
              "composition", "--work", str(out / "transfer_runs"), "--out", str(out / "transfer_features.json")],
+            ["bench/transfer.py", "pretrain-ablations", "--pretrain-config", "configs/pretrain/sample.yaml", "--steps",
+             "3", "--variants", "fixed-T2", "--task", "dcdft", "--size", "all", "--seeds", "0", "--budget", "3s",
+             "--nproc", "1", "--work", str(out / "transfer_runs"), "--out", str(out / "transfer_pretrain_ablations.json")],
             ["bench/corpus.py", "--n", "2000", "--pool", "300", "--batches", "10", "--workdir", str(out / "corpus"),
              "--out", str(out / "corpus.json")],
         ]
     return [["bench/data.py"], ["bench/model.py"], ["bench/pretrain.py"], ["bench/finetune.py"], ["bench/accuracy.py"],
             ["bench/speed.py"], ["bench/cgcnn_check.py"], ["bench/encoder_search.py"], ["bench/transfer.py", "ablations"],
-            ["bench/transfer.py", "curves"], ["bench/transfer.py", "features"], ["bench/corpus.py"]]
+            ["bench/transfer.py", "pretrain-ablations"], ["bench/transfer.py", "curves"], ["bench/transfer.py", "features"], ["bench/corpus.py"]]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,9 +68,9 @@ ABLATIONS = {
 
 # the pretraining side of the JMP recipe: overrides of the pretraining config (--pretrain-config)
 PRETRAIN_ABLATIONS = {
-    "uncertainty weights, T=2": [],  # the corpus config's own settings
-    "fixed weights (all 1), T=2": ["loss=fixed"],
-    "uncertainty weights, T=1": ["loader.temperature=1.0"],
+    "uncertainty-T2": [],  # the corpus config's own: uncertainty task weights, temperature 2
+    "fixed-T2": ["loss=fixed"],  # fixed task weights (every TaskSpec.weight is 1)
+    "uncertainty-T1": ["loader.temperature=1.0"],  # sampling in proportion to each dataset's size
 }
 
 
@@ -145,13 +145,9 @@ def _fine_tunes(args, checkpoint: str, name: str, extra: list[str]) -> dict:
     for seed in args.seeds:
         print(f"{args.task} train {args.size} seed {seed}: {name}", flush=True)
         summary = run_finetune(_arguments(args.task, checkpoint, args.budget, args.size, seed, extra),
-                               ROOT / args.work / "pretrain_ablations" / args.task / f"{_slug(name)}-{seed}", args.nproc)
+                               ROOT / args.work / "pretrain_ablations" / args.task / f"{name}-{seed}", args.nproc)
         runs.append(_score(summary, TASKS[args.task][1]))
     return {"runs": runs, "test": _spread([r["test_mae"] for r in runs]), "val": _spread([r["val_mae"] for r in runs])}
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
 def pretrain_ablations(args) -> dict:
@@ -161,8 +157,9 @@ def pretrain_ablations(args) -> dict:
            "size": args.size, "seeds": args.seeds, "variants": {}}
     start = time.perf_counter()
     exports = {}
-    for name, extra in PRETRAIN_ABLATIONS.items():
-        run_dir = ROOT / args.work / "pretrain_ablations" / "pretrain" / _slug(name)
+    for name in args.variants:
+        extra = PRETRAIN_ABLATIONS[name]
+        run_dir = ROOT / args.work / "pretrain_ablations" / "pretrain" / name
         if (run_dir / "checkpoints").exists():  # never resume a different ablation's run
             raise SystemExit(f"{run_dir} holds an earlier run; remove it first")
         print(f"[{time.perf_counter() - start:6.0f} s] pretrain {args.steps} steps: {name}", flush=True)
@@ -334,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="perovskites", choices=list(TASKS), help="ablations: the task")
     parser.add_argument("--size", default="500", help="ablations: the training size")
     parser.add_argument("--steps", type=int, default=2000, help="pretrain-ablations: pretraining steps of each variant")
+    parser.add_argument("--variants", nargs="+", default=list(PRETRAIN_ABLATIONS), choices=list(PRETRAIN_ABLATIONS),
+                        help="pretrain-ablations: which variants to run")
     parser.add_argument("--pretrain-config", default="configs/pretrain/corpus.yaml",
                         help="pretrain-ablations: the pretraining config every variant overrides")
     parser.add_argument("--nproc", type=int, default=2)
