@@ -34,13 +34,13 @@ def machine() -> str:
 
 
 def _torchrun(launcher: str, arguments: list[str], run_dir: Path, nproc: int) -> dict:
-    """`launch/<launcher> ARGUMENTS` (with the run directory) on `nproc` processes, one thread each;
-    the run's summary.json plus the command's wall seconds (start-up and sharding included)."""
+    """`launch/<launcher> ARGUMENTS` on `nproc` processes, one thread each (ARGUMENTS name RUN_DIR in
+    the launcher's own way); the run's summary.json plus the command's wall seconds (start-up and
+    sharding included)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    where = ["--run-dir", str(run_dir)] if launcher == "finetune.py" else [f"run_dir={run_dir}"]
-    script = [str(ROOT / "launch" / launcher), *arguments, *where, "log.progress=false", "log.tensorboard=false"]
+    script = [str(ROOT / "launch" / launcher), *arguments, "log.progress=false", "log.tensorboard=false"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_port", str(free_port()), *script]
     start = time.perf_counter()
@@ -55,10 +55,10 @@ def _torchrun(launcher: str, arguments: list[str], run_dir: Path, nproc: int) ->
 def run_finetune(arguments: list[str], run_dir: Path, nproc: int) -> dict:
     """`launch/finetune.py ARGUMENTS --run-dir RUN_DIR` on `nproc` processes; its summary.json plus
     the command's wall seconds (start-up and sharding included)."""
-    return _torchrun("finetune.py", arguments, run_dir, nproc)
+    return _torchrun("finetune.py", [*arguments, "--run-dir", str(run_dir)], run_dir, nproc)
 
 
 def run_pretrain(arguments: list[str], run_dir: Path, nproc: int) -> dict:
     """`launch/pretrain.py ARGUMENTS run_dir=RUN_DIR` on `nproc` processes (a fresh run: an earlier
     run's checkpoints in RUN_DIR would resume it); its summary.json plus the command's wall seconds."""
-    return _torchrun("pretrain.py", arguments, run_dir, nproc)
+    return _torchrun("pretrain.py", [*arguments, f"run_dir={run_dir}"], run_dir, nproc)

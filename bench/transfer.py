@@ -122,32 +122,28 @@ def curves(args) -> dict:
     return out
 
 
+def _fine_tunes(args, checkpoint: str, name: str, extra: list[str], where: str) -> dict:
+    """`--task` at `--size` fine-tuned from `checkpoint` (+ `extra` overrides) once per seed, in
+    WORK/WHERE/TASK/NAME-SEED: the runs' scores and the spread of their test and val MAE."""
+    runs = []
+    for seed in args.seeds:
+        print(f"{args.task} train {args.size} seed {seed}: {name}", flush=True)
+        summary = run_finetune(_arguments(args.task, checkpoint, args.budget, args.size, seed, extra),
+                               ROOT / args.work / where / args.task / f"{name}-{seed}", args.nproc)
+        runs.append(_score(summary, TASKS[args.task][1]))
+    return {"runs": runs, "test": _spread([r["test_mae"] for r in runs]), "val": _spread([r["val_mae"] for r in runs])}
+
+
 def ablations(args) -> dict:
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "processes": args.nproc,
            "budget": args.budget, "checkpoint": args.checkpoint, "task": args.task, "size": args.size,
            "seeds": args.seeds, "variants": {}}
     for name, extra in ABLATIONS.items():
-        runs = []
-        for seed in args.seeds:
-            print(f"{args.task} train {args.size} seed {seed}: {name}", flush=True)
-            summary = run_finetune(_arguments(args.task, args.checkpoint, args.budget, args.size, seed, extra),
-                                   ROOT / args.work / "ablations" / args.task / f"{name}-{seed}", args.nproc)
-            runs.append(_score(summary, TASKS[args.task][1]))
-        out["variants"][name] = {"runs": runs, **_spread([r["test_mae"] for r in runs]),
-                                 "val": _spread([r["val_mae"] for r in runs])}
+        runs = _fine_tunes(args, args.checkpoint, name, extra, "ablations")
+        out["variants"][name] = {"runs": runs["runs"], **runs["test"], "val": runs["val"]}
         print(f"    {name}: val {out['variants'][name]['val']['mean']:.4f}, test {out['variants'][name]['mean']:.4f}",
               flush=True)
     return out
-
-
-def _fine_tunes(args, checkpoint: str, name: str, extra: list[str]) -> dict:
-    runs = []
-    for seed in args.seeds:
-        print(f"{args.task} train {args.size} seed {seed}: {name}", flush=True)
-        summary = run_finetune(_arguments(args.task, checkpoint, args.budget, args.size, seed, extra),
-                               ROOT / args.work / "pretrain_ablations" / args.task / f"{name}-{seed}", args.nproc)
-        runs.append(_score(summary, TASKS[args.task][1]))
-    return {"runs": runs, "test": _spread([r["test_mae"] for r in runs]), "val": _spread([r["val_mae"] for r in runs])}
 
 
 def pretrain_ablations(args) -> dict:
@@ -171,9 +167,9 @@ def pretrain_ablations(args) -> dict:
             "pretrain_overrides": extra, "pretrain_seconds": summary["command_seconds"],
             "atoms_per_s": summary["atoms_per_s"], "heads_learning": sum(v == "learns" for v in verdicts.values()),
             "heads": len(verdicts), "task_weights": summary.get("task_weights"),
-            **_fine_tunes(args, exports[name], name, [])}
+            **_fine_tunes(args, exports[name], name, [], "pretrain_ablations")}
     first = next(iter(exports.values()))  # the architecture is the same in every variant
-    out["scratch"] = _fine_tunes(args, first, "scratch", ["from_scratch=true"])
+    out["scratch"] = _fine_tunes(args, first, "scratch", ["from_scratch=true"], "pretrain_ablations")
     for name, row in out["variants"].items():
         row["ratio"] = _spread([p["test_mae"] / s["test_mae"] for p, s in zip(row["runs"], out["scratch"]["runs"])])
         print(f"    {name}: heads learning {row['heads_learning']}/{row['heads']}, fine-tuned val "
