@@ -34,7 +34,7 @@ def commands(quick: bool, out: Path) -> list[list[str]]:
              "eval.every=10", "eval.max_batches=4"],
             ["bench/transfer.py", "curves", "--tasks", "dcdft", "--seeds", "0", "--budget", "4s", "--nproc", "1",
              "--work", str(out / "transfer_runs"), "--out", str(out / "transfer_curves.json")],
-            ["bench/transfer.py", "features", "--tasks", "dcdft", "--extractors", "ours_blocks", "ours_blocks+heads",
+            ["bench/transfer.py", "features", "--tasks", "dcdft", "--extractors", "ours_blocks", "ours_readout",
              "composition", "--work", str(out / "transfer_runs"), "--out", str(out / "transfer_features.json")],
             ["bench/transfer.py", "pretrain-ablations", "--pretrain-config", "configs/pretrain/sample.yaml", "--steps",
              "3", "--variants", "fixed-T2", "--task", "dcdft", "--size", "all", "--seeds", "0", "--budget", "3s",

@@ -32,8 +32,8 @@ features: frozen structure features of the train/val/test splits of each task's 
 ridge (RidgeCV, alpha chosen on the train split by efficient leave-one-out) and a small MLP
 (scikit-learn, early stopping on a slice of the train split) on standardised features, test MAE:
 ours ("blocks": the mean invariants of the embedding and every block, concatenated; "last": the
-last block's only; "blocks+heads": blocks and the pretrained model's own predictions of its
-structure-level tasks, per atom for extensive ones), CHGNet 0.3.0's crystal features (`pip install chgnet`; the pretrained
+last block's only; "readout": blocks and the mean hidden layer of every pretrained structure-level
+head, `foundation embed --level readout`), CHGNet 0.3.0's crystal features (`pip install chgnet`; the pretrained
 model's 64-wide crystal feature vector) and composition (element fractions, 1-94).
 """
 
@@ -228,16 +228,6 @@ def _chgnet(crystals) -> np.ndarray:
     return np.stack([_CHGNET[c.key] for c in crystals])
 
 
-def _head_outputs(predictor, crystals) -> np.ndarray:
-    """The pretrained model's own predictions of every structure-level task (extensive ones per
-    atom): what pretraining learned to predict, as features."""
-    names = [n for n, t in predictor.model.tasks.items() if t.level == "structure" and t.dim == 1]
-    preds = predictor.predict(crystals, batch_size=128, tasks=names)
-    n_atoms = np.array([c.n_atoms for c in crystals], dtype=np.float64)
-    return np.stack([np.asarray(preds[n], dtype=np.float64) / (n_atoms if predictor.model.tasks[n].extensive else 1)
-                     for n in names], axis=1)
-
-
 def _fit_score(name: str, train: tuple, test: tuple, seed: int) -> dict:
     from sklearn.linear_model import RidgeCV
     from sklearn.neural_network import MLPRegressor
@@ -255,11 +245,11 @@ def _fit_score(name: str, train: tuple, test: tuple, seed: int) -> dict:
 
 
 def features(args) -> dict:
-    from foundation import load_encoder, load_model
+    from foundation import load_encoder
 
     target_of = {"log_kvrh": "log10_bulk_modulus", "log_gvrh": "log10_shear_modulus", "perovskites": "formation_energy",
                  "dcdft": "log10_bulk_modulus"}
-    encoder, predictor = load_encoder(args.checkpoint), load_model(args.checkpoint)
+    encoder = load_encoder(args.checkpoint)
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "checkpoint": args.checkpoint, "tasks": {}}
     for task in args.tasks:
@@ -269,8 +259,7 @@ def features(args) -> dict:
         y = {s: np.array([float(c.targets[target]) for c in cs]) for s, cs in data.items()}
         extractors = {"ours_blocks": lambda cs: encoder.embed(cs, "blocks", batch_size=128),
                       "ours_last": lambda cs: encoder.embed(cs, "structure", batch_size=128),
-                      "ours_blocks+heads": lambda cs: np.concatenate(
-                          [encoder.embed(cs, "blocks", batch_size=128), _head_outputs(predictor, cs)], axis=1),
+                      "ours_readout": lambda cs: encoder.embed(cs, "readout", batch_size=128),
                       "chgnet": _chgnet, "composition": _composition}
         rows = {"mean": {"test_mae": float(np.abs(y["test"] - y["train"].mean()).mean())}}
         for name, extract in extractors.items():
@@ -336,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="curves: overrides for the pretrained variant only, chosen on validation by "
                              "`ablations` (e.g. lr_decay=0.5)")
     parser.add_argument("--limit", type=int, default=None, help="features: the first N records of each split (smoke runs)")
-    parser.add_argument("--extractors", nargs="+", default=None, help="features: a subset of ours_blocks ours_last chgnet composition")
+    parser.add_argument("--extractors", nargs="+", default=None, help="features: a subset of ours_blocks ours_last ours_readout chgnet composition")
     parser.add_argument("--work", default="work/bench_transfer")
     parser.add_argument("--out", default=None, help="default bench/results/transfer_<mode>.json")
     args = parser.parse_args(argv)

@@ -22,7 +22,7 @@ choice of periodic cell (a supercell gives the same features).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from .data.graph import Batch, collate, neighbor_graph
 from .data.records import Reject
 from .data.validate import validate
 from .model import FoundationModel, TaskSpec, load_export
+from .nn.pooling import mean_pool
 
 from tqdm.auto import tqdm
 
@@ -189,14 +190,23 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Predicto
 
 
 # -- features -------------------------------------------------------------------------------------
-LEVELS = ("structure", "blocks", "atom")
+LEVELS = ("structure", "blocks", "readout", "atom")
+
+
+def _readouts(model) -> dict[str, torch.nn.Module]:
+    """{task: its head's hidden layer (the first Linear and its SiLU)} for every structure-level
+    head of a pretrained model: per-atom features that pretraining shaped for one property."""
+    return {name: head.mlp[:2] for name, head in model.heads.items() if head.spec.level == "structure"}
+
 
 @dataclass
 class Embedder:
-    """A checkpoint's encoder alone, in eval mode, for frozen features."""
+    """A checkpoint's encoder alone, in eval mode, for frozen features (and the hidden layers of
+    its structure-level heads, for level="readout")."""
 
     encoder: torch.nn.Module  # any encoder of foundation.model (ours or a baseline)
     device: torch.device
+    readouts: dict[str, torch.nn.Module] = field(default_factory=dict)  # task -> hidden layer
 
     @property
     def n_features(self) -> int:
@@ -204,7 +214,9 @@ class Embedder:
         return self.encoder.n_invariants
 
     def width(self, level: str = "structure") -> int:
-        """Features per row at `level`: F, or F_all for "blocks"."""
+        """Features per row at `level`: F, F_all for "blocks", F_all + Σ hidden for "readout"."""
+        if level == "readout":
+            return self.encoder.n_block_features + sum(r[0].out_features for r in self.readouts.values())
         return self.encoder.n_block_features if level == "blocks" else self.n_features
 
     def embed(self, structures: Iterable[Any], level: str = "structure", batch_size: int = 64,
@@ -214,26 +226,40 @@ class Embedder:
         level="structure": `[n, F]`, the mean of each structure's per-atom invariants;
         level="blocks": `[n, F_all]`, the mean invariants of the embedding and of every block,
         concatenated (the equivariant encoder only; the richer frozen features);
+        level="readout": `[n, F_all + Σ hidden]`, "blocks" and the mean over atoms of the hidden
+        layer of every structure-level head the checkpoint holds, in head order (the richest:
+        what pretraining learned to predict each property from, as JMP and MACE users read the
+        penultimate layer);
         level="atom": `[Σ n_i, F]`, every structure's atoms in input order, one after another
         (rows of structure i start at the sum of the earlier structures' atom counts).
         """
         if level not in LEVELS:
             raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
-        if level == "blocks" and not hasattr(self.encoder, "n_block_features"):
-            raise ValueError(f"level='blocks' needs the equivariant encoder; this checkpoint's is "
+        if level in ("blocks", "readout") and not hasattr(self.encoder, "n_block_features"):
+            raise ValueError(f"level={level!r} needs the equivariant encoder; this checkpoint's is "
                              f"{type(self.encoder).__name__}")
+        if level == "readout" and not self.readouts:
+            raise ValueError("level='readout' needs a checkpoint with structure-level heads; this one has none")
         crystals = _ready(as_crystals(structures), self.encoder.config.max_atomic_number)
         return self.run(crystals, level, batch_size, progress)
+
+    def _features(self, batch: Batch, level: str) -> torch.Tensor:
+        encoded = self.encoder(batch)
+        if level != "readout":
+            key = {"structure": "graph_features", "blocks": "block_features", "atom": "node_invariants"}[level]
+            return encoded[key]  # [n_graphs or n_atoms, F]
+        h = encoded["node_invariants"]  # [n_atoms, F]
+        hidden = [mean_pool(r(h.to(r[0].weight.dtype)), batch.batch, batch.n_graphs) for r in self.readouts.values()]
+        return torch.cat([encoded["block_features"], *[x.to(h.dtype) for x in hidden]], dim=1)  # [n_graphs, width]
 
     def run(self, crystals: list[Crystal], level: str, batch_size: int, progress: bool | None) -> np.ndarray:
         """`embed` on crystals already through `model_input` (the CLI's path)."""
         self.encoder.eval()
         dtype = next(self.encoder.parameters()).dtype
-        key = {"structure": "graph_features", "blocks": "block_features", "atom": "node_invariants"}[level]
         parts = []
         with torch.no_grad(), progress_bar(len(crystals), progress, "embed") as bar:
             for batch in _batches(crystals, self.encoder.config.cutoff, dtype, self.device, batch_size):
-                parts.append(_numpy(self.encoder(batch)[key]))  # [n_graphs or n_atoms, F]
+                parts.append(_numpy(self._features(batch, level)))  # [n_graphs or n_atoms, width]
                 bar.update(batch.n_graphs)
         if not parts:
             return np.zeros((0, self.width(level)), dtype=_np_dtype(dtype))
@@ -243,7 +269,8 @@ class Embedder:
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Embedder:
     """An `Embedder` for the encoder of the export at `path` (the path forms of `load_model`)."""
     device = torch.device(device)
-    return Embedder(load_export(path, map_location=device).encoder.eval(), device)
+    model = load_export(path, map_location=device).eval()
+    return Embedder(model.encoder, device, _readouts(model))
 
 
 def predict(path: str | Path, structures: Iterable[Any], device: str | torch.device = "cpu",

@@ -35,8 +35,8 @@ def test_every_benchmark_runs_on_a_small_slice(tmp_path):
     assert row["pretrain_overrides"] == ["loss=fixed"] and row["heads"] > 0 and row["test"]["mean"] > 0
     assert row["ratio"]["mean"] == row["runs"][0]["test_mae"] / ablation["scratch"]["runs"][0]["test_mae"]
     features = json.loads((tmp_path / "transfer_features.json").read_text())["tasks"]["dcdft"]["rows"]
-    assert set(features) == {"mean", "ours_blocks", "ours_blocks+heads", "composition"}
-    assert features["ours_blocks+heads"]["width"] > features["ours_blocks"]["width"] > 64
+    assert set(features) == {"mean", "ours_blocks", "ours_readout", "composition"}
+    assert features["ours_readout"]["width"] > features["ours_blocks"]["width"] > 64
     assert all(features[k][m]["test_mae"] > 0 for k in features if k != "mean" for m in ("ridge", "mlp"))
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["inference"]["ours (small)"]["atoms_per_s"] > 0 and sum(speed["step_profile"]["share"].values()) > 0.99

@@ -48,8 +48,9 @@ def parse_args(argv: list[str], command: str = "embed") -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help=".npz to write")
     parser.add_argument("--level", choices=LEVELS, default="structure",
                         help="structure: [n, F] means of the last block's invariants; blocks: [n, F_all] the "
-                             "means of the embedding's and every block's, concatenated; atom: [Σ n_i, F] "
-                             "with offsets and numbers")
+                             "means of the embedding's and every block's, concatenated; readout: blocks and the "
+                             "mean hidden layer of every structure-level head (the richest; pretrained "
+                             "checkpoints); atom: [Σ n_i, F] with offsets and numbers")
     return parser.parse_args(argv)
 
 

@@ -3,6 +3,7 @@ features in input order, results independent of the batch size, and the `foundat
 
 import numpy as np
 import pytest
+import torch
 from api_fixtures import PEROVSKITES, perovskites, random_rotation, rotated, supercell, translated
 
 from foundation import load_encoder
@@ -96,6 +97,36 @@ def test_block_features_concatenate_every_block_and_stay_invariant(embedder, cry
     np.testing.assert_allclose(blocks[1], blocks[0], **TOL)
     np.testing.assert_allclose(blocks[:, -embedder.n_features:], embedder.embed(copies), **TOL)
     assert embedder.embed([], level="blocks").shape == (0, width)
+
+
+def test_readout_features_add_each_heads_hidden_layer_and_stay_invariant(embedder, crystals, export64, tmp_path):
+    """level="readout": "blocks" then, per structure-level head, the mean over atoms of its hidden
+    layer (SiLU(W h_i + b)), computed by hand here; invariant like "blocks"; refused without heads."""
+    from foundation import load_model
+    from foundation.api import Embedder
+
+    crystal = crystals[2]
+    copies = [crystal, rotated(translated(supercell(crystal, (1, 2, 2)), [0.1, 2, -1]), random_rotation(5))]
+    readout = embedder.embed(copies, level="readout")
+    width = embedder.width("readout")
+    heads = [h for h in load_model(export64).model.heads.values() if h.spec.level == "structure"]
+    assert heads and list(embedder.readouts) == [h.spec.name for h in heads]
+    assert readout.shape == (2, width) and width == embedder.encoder.n_block_features + sum(
+        h.mlp[0].out_features for h in heads)
+    np.testing.assert_allclose(readout[1], readout[0], **TOL)
+    np.testing.assert_allclose(readout[:, :embedder.encoder.n_block_features], embedder.embed(copies, level="blocks"), **TOL)
+    atoms = torch.as_tensor(embedder.embed(copies[:1], level="atom"))  # [n_atoms, F]
+    start = embedder.encoder.n_block_features
+    for head in heads:
+        with torch.no_grad():
+            hidden = torch.nn.functional.silu(head.mlp[0](atoms)).mean(0).numpy()
+        np.testing.assert_allclose(readout[0, start:start + hidden.size], hidden, rtol=0, atol=1e-9)
+        start += hidden.size
+    out = tmp_path / "readout.npz"
+    assert main(["embed", str(export64), str(PEROVSKITES), "--limit", "2", "--level", "readout", "--out", str(out)]) == 0
+    assert np.load(out)["features"].shape == (2, width)
+    with pytest.raises(ValueError, match="structure-level heads"):
+        Embedder(embedder.encoder, embedder.device).embed(copies, level="readout")
 
 
 def test_shipped_models_load_by_name_and_unknown_names_are_refused(tmp_path):
