@@ -68,9 +68,9 @@ ABLATIONS = {
 
 # the pretraining side of the JMP recipe: overrides of the pretraining config (--pretrain-config)
 PRETRAIN_ABLATIONS = {
-    "uncertainty-T2": [],  # the corpus config's own: uncertainty task weights, temperature 2
-    "fixed-T2": ["loss=fixed"],  # fixed task weights (every TaskSpec.weight is 1)
-    "uncertainty-T1": ["loader.temperature=1.0"],  # sampling in proportion to each dataset's size
+    "uncertainty-T2": ["loader.temperature=2.0"],  # uncertainty task weights, JMP's temperature 2
+    "fixed-T2": ["loss=fixed", "loader.temperature=2.0"],  # fixed task weights (every TaskSpec.weight is 1)
+    "uncertainty-T1": ["loader.temperature=1.0"],  # in proportion to each dataset's size (corpus.yaml's since 2026-12-05)
 }
 
 
@@ -228,7 +228,7 @@ def _chgnet(crystals) -> np.ndarray:
     return np.stack([_CHGNET[c.key] for c in crystals])
 
 
-def _fit_score(name: str, train: tuple, test: tuple, seed: int) -> dict:
+def _fit_score(name: str, train: tuple, test: tuple, seed: int, key: str = "test_mae") -> dict:
     from sklearn.linear_model import RidgeCV
     from sklearn.neural_network import MLPRegressor
     from sklearn.pipeline import make_pipeline
@@ -241,7 +241,7 @@ def _fit_score(name: str, train: tuple, test: tuple, seed: int) -> dict:
         model = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(128, 128), alpha=1e-3, early_stopping=True,
                                                              max_iter=2000, random_state=seed))
     model.fit(x, y)
-    return {"test_mae": float(np.abs(model.predict(xt) - yt).mean())}
+    return {key: float(np.abs(model.predict(xt) - yt).mean())}
 
 
 def features(args) -> dict:
@@ -254,14 +254,15 @@ def features(args) -> dict:
            "checkpoint": args.checkpoint, "tasks": {}}
     for task in args.tasks:
         shards = _shards_of(task, args)
-        data = {s: _split_records(shards, s)[:args.limit] for s in ("train", "test")}
+        split, key = args.split, f"{args.split}_mae"  # "val": choose features without the test split
+        data = {s: _split_records(shards, s)[:args.limit] for s in ("train", split)}
         target = target_of[task]
         y = {s: np.array([float(c.targets[target]) for c in cs]) for s, cs in data.items()}
         extractors = {"ours_blocks": lambda cs: encoder.embed(cs, "blocks", batch_size=128),
                       "ours_last": lambda cs: encoder.embed(cs, "structure", batch_size=128),
                       "ours_readout": lambda cs: encoder.embed(cs, "readout", batch_size=128),
                       "chgnet": _chgnet, "composition": _composition}
-        rows = {"mean": {"test_mae": float(np.abs(y["test"] - y["train"].mean()).mean())}}
+        rows = {"mean": {key: float(np.abs(y[split] - y["train"].mean()).mean())}}
         for name, extract in extractors.items():
             if args.extractors and name not in args.extractors:
                 continue
@@ -269,11 +270,12 @@ def features(args) -> dict:
             x = {s: np.asarray(extract(cs), dtype=np.float64) for s, cs in data.items()}
             seconds = round(time.perf_counter() - t0, 1)
             rows[name] = {"width": int(x["train"].shape[1]), "embed_seconds": seconds,
-                          **{m: _fit_score(m, (x["train"], y["train"]), (x["test"], y["test"]), 0)
+                          **{m: _fit_score(m, (x["train"], y["train"]), (x[split], y[split]), 0, key)
                              for m in ("ridge", "mlp")}}
-            print(f"{task} {name}: ridge {rows[name]['ridge']['test_mae']:.4f}, mlp {rows[name]['mlp']['test_mae']:.4f}"
+            print(f"{task} {name} ({split}): ridge {rows[name]['ridge'][key]:.4f}, mlp {rows[name]['mlp'][key]:.4f}"
                   f" ({seconds} s to embed)", flush=True)
-        out["tasks"][task] = {"n_train": len(y["train"]), "n_test": len(y["test"]), "target": target, "rows": rows}
+        out["tasks"][task] = {"n_train": len(y["train"]), f"n_{split}": len(y[split]), "split": split, "target": target,
+                              "rows": rows}
     return out
 
 
@@ -324,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained-args", nargs="*", default=[],
                         help="curves: overrides for the pretrained variant only, chosen on validation by "
                              "`ablations` (e.g. lr_decay=0.5)")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="features: the split scored (val: to choose an extractor without the test split)")
     parser.add_argument("--limit", type=int, default=None, help="features: the first N records of each split (smoke runs)")
     parser.add_argument("--extractors", nargs="+", default=None, help="features: a subset of ours_blocks ours_last ours_readout chgnet composition")
     parser.add_argument("--work", default="work/bench_transfer")
