@@ -32,7 +32,7 @@ def test_every_benchmark_runs_on_a_small_slice(tmp_path):
     assert curves["ratio"]["mean"] == curves["runs"]["pretrained"][0]["test_mae"] / curves["runs"]["scratch"][0]["test_mae"]
     ablation = json.loads((tmp_path / "transfer_pretrain_ablations.json").read_text())
     row = ablation["variants"]["fixed-T2"]  # a real pretraining run, fine-tuned beside scratch
-    assert row["pretrain_overrides"] == ["loss=fixed"] and row["heads"] > 0 and row["test"]["mean"] > 0
+    assert row["pretrain_overrides"] == ["loss=fixed", "loader.temperature=2.0"] and row["heads"] > 0 and row["test"]["mean"] > 0
     assert row["ratio"]["mean"] == row["runs"][0]["test_mae"] / ablation["scratch"]["runs"][0]["test_mae"]
     features = json.loads((tmp_path / "transfer_features.json").read_text())["tasks"]["dcdft"]["rows"]
     assert set(features) == {"mean", "ours_blocks", "ours_readout", "composition"}
