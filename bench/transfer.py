@@ -252,9 +252,9 @@ def features(args) -> dict:
     encoder = load_encoder(args.checkpoint)
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "checkpoint": args.checkpoint, "tasks": {}}
+    split, key = args.split, f"{args.split}_mae"  # "val": choose features without the test split
     for task in args.tasks:
         shards = _shards_of(task, args)
-        split, key = args.split, f"{args.split}_mae"  # "val": choose features without the test split
         data = {s: _split_records(shards, s)[:args.limit] for s in ("train", split)}
         target = target_of[task]
         y = {s: np.array([float(c.targets[target]) for c in cs]) for s, cs in data.items()}

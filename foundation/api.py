@@ -249,8 +249,8 @@ class Embedder:
             key = {"structure": "graph_features", "blocks": "block_features", "atom": "node_invariants"}[level]
             return encoded[key]  # [n_graphs or n_atoms, F]
         h = encoded["node_invariants"]  # [n_atoms, F]
-        hidden = [mean_pool(r(h.to(r[0].weight.dtype)), batch.batch, batch.n_graphs) for r in self.readouts.values()]
-        return torch.cat([encoded["block_features"], *[x.to(h.dtype) for x in hidden]], dim=1)  # [n_graphs, width]
+        hidden = [mean_pool(r(h), batch.batch, batch.n_graphs) for r in self.readouts.values()]  # [n_graphs, H] each
+        return torch.cat([encoded["block_features"], *hidden], dim=1)  # [n_graphs, width]
 
     def run(self, crystals: list[Crystal], level: str, batch_size: int, progress: bool | None) -> np.ndarray:
         """`embed` on crystals already through `model_input` (the CLI's path)."""
