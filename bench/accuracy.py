@@ -142,6 +142,18 @@ def curves_plot(by_size: dict[str, dict], path: Path) -> None:
     fig.savefig(path, format="png")
 
 
+def merged(paths: list[str]) -> dict[str, dict]:
+    """{size: results} of several runs' JSON: learning-curve files and single-size ones ("all")."""
+    by_size: dict[str, dict] = {}
+    for path in paths:
+        results = json.loads((ROOT / path).read_text())
+        for size, r in results.get("learning_curves", {"all": results}).items():
+            entry = by_size.setdefault(size, {"tasks": {}})
+            for task, t in r["tasks"].items():
+                entry["tasks"].setdefault(task, {**t, "models": {}})["models"].update(t["models"])
+    return by_size
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -155,7 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="training structures (data.max_train) per point of the learning curves, or 'all'")
     parser.add_argument("--work", default="work/bench_accuracy")
     parser.add_argument("--out", default="bench/results/accuracy.json")
+    parser.add_argument("--plot", nargs="+", default=None, metavar="JSON",
+                        help="no training: draw the learning curves of earlier runs' JSON files together "
+                             "(a plain run counts as its size, 'all' unless it says) into --out's .png")
     args = parser.parse_args(argv)
+    if args.plot:
+        out = (ROOT / args.out).with_suffix(".png")
+        curves_plot(merged(args.plot), out)
+        print(f"learning curves -> {out}")
+        return 0
     if args.quick:
         args.budget, args.tasks = "8s", ["perovskites"]
     by_size = {size: run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work,

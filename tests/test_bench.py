@@ -48,3 +48,27 @@ def test_every_benchmark_runs_on_a_small_slice(tmp_path):
     assert corpus["loader_memory"]["all"]["rss_mib_after_batches"] > 0
     for peer in ("CHGNet 0.4", "SevenNet-0"):  # measured when the bench extra is installed, else said so
         assert peer in speed["inference"] or speed["missing"][peer].startswith("not installed")
+
+
+def _accuracy_result(models: dict[str, float], n_train: int) -> dict:
+    return {"tasks": {"mp_e_form": {"splits": {"train": n_train}, "models": {m: {"test_mae": v} for m, v in models.items()}}}}
+
+
+def test_accuracy_plot_merges_learning_curves_with_a_plain_run(tmp_path):
+    """`accuracy.py --plot` draws earlier runs together: a learning-curve file and a single-size run
+    (its size "all"), models of one size merged across files; no training."""
+    curves = {"learning_curves": {"500": _accuracy_result({"ours": 0.2, "cgcnn": 0.3}, 500)}}
+    (tmp_path / "curves.json").write_text(json.dumps(curves))
+    (tmp_path / "ours_all.json").write_text(json.dumps(_accuracy_result({"ours": 0.06}, 26538)))
+    (tmp_path / "cgcnn_all.json").write_text(json.dumps(_accuracy_result({"cgcnn": 0.08}, 26538)))
+    files = [str(tmp_path / f) for f in ("curves.json", "ours_all.json", "cgcnn_all.json")]
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import accuracy  # the benchmark script, run here as a module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    by_size = accuracy.merged(files)
+    assert set(by_size) == {"500", "all"}
+    assert by_size["all"]["tasks"]["mp_e_form"]["models"] == {"ours": {"test_mae": 0.06}, "cgcnn": {"test_mae": 0.08}}
+    assert accuracy.main(["--plot", *files, "--out", str(tmp_path / "curves_all.json")]) == 0
+    assert (tmp_path / "curves_all.png").read_bytes()[:4] == b"\x89PNG"
