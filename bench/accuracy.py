@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench/results/accuracy.json")
     parser.add_argument("--plot", nargs="+", default=None, metavar="JSON",
                         help="no training: draw the learning curves of earlier runs' JSON files together "
-                             "(a plain run counts as its size, 'all' unless it says) into --out's .png")
+                             "(a learning-curve file gives its sizes, a single-size run counts as 'all') into --out's .png")
     args = parser.parse_args(argv)
     if args.plot:
         out = (ROOT / args.out).with_suffix(".png")
