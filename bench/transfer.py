@@ -21,11 +21,12 @@ mean and spread over seeds. Ratio < 1: pretraining helps.
 
 ablations: the fine-tuning side of the JMP recipe at one training size, from the same checkpoint:
 the task config's layer-wise lr decay against none (1.0) and 0.5, and a frozen encoder (only the
-new head trains); `--ablations` picks others of ABLATIONS (a lower lr, weight decay, lr decay 0.7,
-the first block frozen) and the JSON names the variant with the lowest validation MAE. The pretraining-side ablations (uncertainty against fixed task weights,
-temperature 1 against 2) need one pretraining run each: `pretrain-ablations` runs the pretraining
-config (`--pretrain-config`, default configs/pretrain/corpus.yaml: the same data, model, seed and
-schedule shape) for `--steps` steps once per variant, then fine-tunes each export on `--task` at
+new head trains); `--ablations` picks among those and MORE_ABLATIONS (a lower lr, weight decay,
+lr decay 0.7, the first block frozen), and the JSON names the variant with the lowest validation
+MAE. The pretraining-side ablations (uncertainty against fixed task weights, temperature 1
+against 2) need one pretraining run each: `pretrain-ablations` runs the pretraining config
+(`--pretrain-config`, default configs/pretrain/corpus.yaml: the same data, model, seed and schedule
+shape) for `--steps` steps once per variant, then fine-tunes each export on `--task` at
 `--size` with every seed, beside the same architecture from scratch; the choice is made on the
 fine-tunes' validation MAE.
 
@@ -65,14 +66,16 @@ ABLATIONS = {
     "lr_decay=0.5": ["lr_decay=0.5"],
     "freeze=encoder": ["freeze=encoder"],
     "scratch": ["from_scratch=true"],
-    # regularisation against the early overfitting of the elasticity fine-tunes (best weights at
-    # 5-25 % of a run): a lower peak lr, decoupled weight decay, the first block frozen
+}
+# run only when named (--ablations): regularisation against the early overfitting of the elasticity
+# fine-tunes (best weights at 5-25 % of a run): a lower peak lr, decoupled weight decay, lr decay
+# 0.7, the first block frozen
+MORE_ABLATIONS = {
     "lr=1e-3": ["optimizer.lr=1.0e-3"],
     "weight_decay=0.1": ["optimizer.weight_decay=0.1"],
     "lr_decay=0.7": ["lr_decay=0.7"],
     "freeze=first:1": ["freeze=first:1"],
 }
-DEFAULT_ABLATIONS = ["config", "lr_decay=1.0", "lr_decay=0.5", "freeze=encoder", "scratch"]
 
 # the pretraining side of the JMP recipe: overrides of the pretraining config (--pretrain-config)
 PRETRAIN_ABLATIONS = {
@@ -147,7 +150,7 @@ def ablations(args) -> dict:
            "budget": args.budget, "checkpoint": args.checkpoint, "task": args.task, "size": args.size,
            "seeds": args.seeds, "variants": {}}
     for name in args.ablations:
-        runs = _fine_tunes(args, args.checkpoint, name, ABLATIONS[name], "ablations")
+        runs = _fine_tunes(args, args.checkpoint, name, {**ABLATIONS, **MORE_ABLATIONS}[name], "ablations")
         out["variants"][name] = {"runs": runs["runs"], **runs["test"], "val": runs["val"]}
         print(f"    {name}: val {out['variants'][name]['val']['mean']:.4f}, test {out['variants'][name]['mean']:.4f}",
               flush=True)
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="40s", help="wall-clock training budget of every fine-tune")
     parser.add_argument("--task", default="perovskites", choices=list(TASKS), help="ablations: the task")
     parser.add_argument("--size", default="500", help="ablations: the training size")
-    parser.add_argument("--ablations", nargs="+", default=DEFAULT_ABLATIONS, choices=list(ABLATIONS),
+    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=[*ABLATIONS, *MORE_ABLATIONS],
                         help="ablations: which variants (each a set of overrides of the task config)")
     parser.add_argument("--steps", type=int, default=2000, help="pretrain-ablations: pretraining steps of each variant")
     parser.add_argument("--variants", nargs="+", default=list(PRETRAIN_ABLATIONS), choices=list(PRETRAIN_ABLATIONS),
