@@ -6,6 +6,8 @@ Per task t with a learned log-variance s_t (a parameter, starts at 0):
     classification        exp(−s_t) · L_t + 0.5 · s_t     (Kendall et al. eq. 10, softmax with
                                                             temperature σ_t², L_t = BCE)
     mode="fixed"    TaskSpec.weight · L_t
+With `max_weight` (uncertainty mode) s_t is clamped below at −log(max_weight): no task's weight
+exp(−s_t) exceeds it, and s_t gets no gradient while it sits at the floor.
 L_t on normalised errors e = (pred − label) / std_t (÷ n_atoms too for an extensive label, so
 std_t is a per-atom scale, as in the heads), averaged over labelled records:
     structure level: elementwise loss of e averaged over components, then over labelled records;
@@ -21,6 +23,7 @@ that task's head and s_t without a gradient at all: None, so torch optimisers sk
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -43,6 +46,7 @@ class MultiTaskLoss(nn.Module):
             own entry uses its energy task's std (one scale for energy per atom and forces, as
             MACE does); 1 otherwise.
         free_atoms_only: drop atoms flagged in `batch.fixed` from atom-level losses.
+        max_weight: uncertainty mode: the largest weight exp(−s_t) a task may earn (None: no cap).
     logs: "{task}/loss" (L_t, only when the batch has labels), "{task}/count" (labelled
     structures), "{task}/weight" (exp(−s_t) or the fixed weight).
     """
@@ -53,6 +57,7 @@ class MultiTaskLoss(nn.Module):
         mode: str = "uncertainty",
         stats: Mapping[str, TaskStats] | None = None,
         free_atoms_only: bool = True,
+        max_weight: float | None = None,
     ):
         super().__init__()
         names = [t.name for t in tasks]
@@ -63,6 +68,9 @@ class MultiTaskLoss(nn.Module):
         self.tasks = list(tasks)
         self.mode = mode
         self.free_atoms_only = bool(free_atoms_only)
+        if max_weight is not None and not max_weight > 0:
+            raise ValueError(f"max_weight must be > 0, got {max_weight}")
+        self.min_log_var = None if max_weight is None else -math.log(max_weight)
         stats = dict(stats or {})
         unknown = sorted(set(stats) - set(names))
         if unknown:
@@ -83,10 +91,16 @@ class MultiTaskLoss(nn.Module):
         index = next(i for i, t in enumerate(self.tasks) if t.name == name)
         return self.stds[index, :self.tasks[index].dim]
 
+    def _log_vars(self) -> torch.Tensor:
+        """[n_tasks] s_t, clamped at the floor −log(max_weight) when there is one."""
+        if self.min_log_var is None:
+            return self.log_vars
+        return self.log_vars.clamp(min=self.min_log_var)
+
     def weights(self) -> torch.Tensor:
         """[n_tasks] exp(−s_t) (uncertainty) or the fixed weights."""
         if self.mode == "uncertainty":
-            return torch.exp(-self.log_vars.detach())
+            return torch.exp(-self._log_vars().detach())
         return torch.tensor([t.weight for t in self.tasks])
 
     def forward(
@@ -98,11 +112,12 @@ class MultiTaskLoss(nn.Module):
         ref = next(iter(predictions.values()))
         total = ref.new_zeros(())
         stats = []  # per task: L_t, labelled count
+        log_vars = self._log_vars() if self.mode == "uncertainty" else None
         for index, spec in enumerate(self.tasks):
             value, count = self._task_loss(spec, predictions[spec.name], batch)
             has = count > 0
             if self.mode == "uncertainty":
-                s = self.log_vars[index].to(value.dtype)
+                s = log_vars[index].to(value.dtype)
                 scale = 0.5 if spec.kind == "regression" else 1.0
                 term = scale * torch.exp(-s) * value + 0.5 * s
             else:

@@ -85,6 +85,10 @@ class RunConfig:
     # is further along. Equal budgets are how models are compared (bench/).
     max_time: float | str | None = None
     loss: Literal["uncertainty", "fixed"] = "uncertainty"
+    # uncertainty weights: the most weight a task may earn (a floor of -log(max) on s_t); None:
+    # no cap. The weight's optimum is 1 / (the task's train loss), so a small set the model
+    # memorises earns ever more weight without it (bench/README, issue 13 heads).
+    max_task_weight: float | None = None
     loader: LoaderConfig = field(default_factory=lambda: LoaderConfig(cutoff=None))  # cutoff: the model's
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -113,6 +117,8 @@ class RunConfig:
             raise ValueError(f"max_steps must be >= 1 and epochs > 0, got {self.max_steps}, {self.epochs}")
         if (self.checkpoint is None) == (self.model is None):
             raise ValueError("give 'model' (a fresh model) or 'checkpoint' (a pretrained export), one of them")
+        if self.max_task_weight is not None and not self.max_task_weight > 0:
+            raise ValueError(f"max_task_weight must be > 0 (or null), got {self.max_task_weight}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         if self.freeze not in ("none", "encoder") and re.fullmatch(r"first:\d+", self.freeze) is None:

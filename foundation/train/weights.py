@@ -85,7 +85,7 @@ def build_objective(res, stats: Mapping[str, TaskStats]) -> Objective:
     log.info("encoder: %s, %d of %d parameter tensors frozen (%s), lr decay %g; heads: %s; kept %s", source,
              len(frozen), sum(1 for n, _ in model.named_parameters() if encoder_depth(n) is not None), cfg.freeze,
              cfg.lr_decay, [t.name for t in res.tasks], res.kept or "none")
-    loss = MultiTaskLoss(res.tasks, mode=cfg.loss, stats=stats)
+    loss = MultiTaskLoss(res.tasks, mode=cfg.loss, stats=stats, max_weight=cfg.max_task_weight)
     return Objective(model, loss, touch_all_parameters=cfg.distributed.zero_stage in (1, 2))
 
 

@@ -131,6 +131,28 @@ def test_dataset_filter_masks_records():
     assert logs["gap_mp/count"] == 2.0 and logs["gap_mp/loss"] == pytest.approx((1.0 + 3.0) / 2)
 
 
+@pytest.mark.parametrize("s", [-4.0, -1.0, 0.5])
+def test_max_weight_caps_the_uncertainty_weight(s):
+    """Below the floor −log(max_weight) s_t acts as the floor and gets no gradient; above it,
+    nothing changes."""
+    batch = make_batch({"band_gap": torch.tensor([1.0, 2.0, 5.0], dtype=F64)},
+                       {"band_gap": torch.ones(3, dtype=torch.bool)})
+    loss_fn = MultiTaskLoss([GAP], max_weight=math.e).double()  # floor s = -1
+    with torch.no_grad():
+        loss_fn.log_vars.fill_(s)
+    pred = torch.zeros(3, dtype=F64)
+    loss, logs = loss_fn({"band_gap": pred}, batch)
+    L, used = 8.0 / 3, max(s, -1.0)
+    assert loss.item() == pytest.approx(0.5 * math.exp(-used) * L + 0.5 * used, abs=1e-12)
+    assert logs["band_gap/weight"] == pytest.approx(math.exp(-used))
+    assert loss_fn.weights().item() == pytest.approx(math.exp(-used))
+    loss.backward()
+    expected = 0.0 if s < -1.0 else 0.5 - 0.5 * math.exp(-s) * L
+    assert loss_fn.log_vars.grad.item() == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="max_weight"):
+        MultiTaskLoss([GAP], max_weight=0.0)
+
+
 def test_fixed_mode_sums_weighted_losses_and_has_no_parameters():
     a = TaskSpec.for_target("band_gap", weight=2.0)
     b = TaskSpec.for_target("energy_per_atom", weight=0.5, loss="mse")
