@@ -119,6 +119,9 @@ class RunConfig:
             raise ValueError("give 'model' (a fresh model) or 'checkpoint' (a pretrained export), one of them")
         if self.max_task_weight is not None and not self.max_task_weight > 0:
             raise ValueError(f"max_task_weight must be > 0 (or null), got {self.max_task_weight}")
+        if self.max_task_weight is not None and self.loss != "uncertainty":
+            raise ValueError("max_task_weight caps the learned uncertainty weights: it needs loss 'uncertainty', "
+                             f"got {self.loss!r} (fixed weights are each task's 'weight')")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         if self.freeze not in ("none", "encoder") and re.fullmatch(r"first:\d+", self.freeze) is None:

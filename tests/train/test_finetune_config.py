@@ -39,6 +39,8 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match=r"max_task_weight must be > 0"):
         config_from_mapping(_cfg(max_task_weight=0))
     assert config_from_mapping(_cfg(max_task_weight=10)).max_task_weight == 10
+    with pytest.raises(ConfigError, match=r"max_task_weight caps the learned uncertainty weights"):
+        config_from_mapping(_cfg(max_task_weight=10, loss="fixed"))
     with pytest.raises(ConfigError, match=r"max_steps, epochs or max_time"):
         config_from_mapping({k: v for k, v in _cfg().items() if k != "max_steps"})
     with pytest.raises(ConfigError, match=r"data: derive\.y: "):
