@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TargetInfo", "TARGETS", "target_info", "CSV_COLUMNS", "MATBENCH_COLUMNS", "KEY_ALIASES"]
+__all__ = ["TargetInfo", "TARGETS", "LABEL_FREE", "target_info", "CSV_COLUMNS", "MATBENCH_COLUMNS", "KEY_ALIASES"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ _ALL = [
     TargetInfo("energy", "eV", "structure", "regression", True, "total DFT energy of the cell"),
     TargetInfo("energy_total", "eV", "structure", "regression", True,
                "total DFT energy of the cell, kept where `energy` is referenced per system"),
+    TargetInfo("potential", "eV", "structure", "regression", True,
+               "an energy with no labels of its own, learned only through the forces that are its "
+               "position gradient (a force task's `forces_of`: conservative forces that no energy "
+               "label pulls)"),
     TargetInfo("energy_per_atom", "eV/atom", "structure", "regression", False, "total energy per atom"),
     TargetInfo("formation_energy_per_atom", "eV/atom", "structure", "regression", False,
                "formation energy per atom"),
@@ -53,6 +57,8 @@ _ALL = [
 ]
 
 TARGETS: dict[str, TargetInfo] = {t.name: t for t in _ALL}
+# Targets that no record carries: a task with one is trained only through the tasks that read it.
+LABEL_FREE = frozenset({"potential"})
 
 
 def target_info(name: str) -> TargetInfo:

@@ -3,7 +3,10 @@
 A task names a label key of `Batch.targets` (see `foundation.data.targets`); several tasks may
 read the same key from different datasets (one energy task per database, JMP style), which is
 what `datasets` is for. A force task has no head of its own: its prediction is minus the
-position gradient of the energy task it names in `forces_of`.
+position gradient of the energy task it names in `forces_of`. That energy task may have a label of
+its own (energy: one head for both, a conservative potential fitted to both), or none (target
+`potential`: a force-only potential, so energy labels that a handful of frames fit cannot pull the
+forces; JMP's separate force head, kept conservative).
 
 Prediction conventions (physical units, `unit`):
     structure level, dim 1    [n_graphs]
@@ -19,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..data.targets import target_info
+from ..data.targets import LABEL_FREE, target_info
 
 __all__ = ["TaskSpec", "TaskStats"]
 
@@ -86,6 +89,9 @@ class TaskSpec:
                 raise ValueError(f"{where}: a force task (forces_of) is atom level regression, dim 3")
             if self.forces_of == self.name:
                 raise ValueError(f"{where}: forces_of names the task itself")
+        if not self.labelled and not self.is_energy:
+            raise ValueError(f"{where}: target {self.target!r} has no labels; it is an energy (unit eV, "
+                             "extensive) that a force task's forces_of trains")
         if self.level == "atom" and self.extensive:
             raise ValueError(f"{where}: 'extensive' applies to structure-level tasks only")
         object.__setattr__(self, "datasets", tuple(self.datasets))
@@ -98,6 +104,11 @@ class TaskSpec:
         per_cell = self.unit == "eV" and self.extensive
         per_atom = self.unit == "eV/atom" and not self.extensive
         return scalar and (per_cell or per_atom)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether records carry this task's label (False for a force-only `potential`)."""
+        return self.target not in LABEL_FREE
 
     def uses(self, dataset: str) -> bool:
         """Whether records of `dataset` may carry this task's label."""

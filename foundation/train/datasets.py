@@ -179,7 +179,7 @@ def _check_targets(res, shard_dirs: dict[str, str]) -> None:
     if not found:
         return  # shard directories given: their labels are whatever they hold
     for i, task in enumerate(res.tasks):
-        if task.forces_of is None and not found.get(task.target):
+        if task.forces_of is None and task.labelled and not found.get(task.target):
             listing = ", ".join(f"{k} ({n})" for k, n in sorted(found.items())) or "none"
             raise ConfigError(f"tasks[{i}].target: {', '.join(res.datasets)} has no label {task.target!r}; "
                               f"labels found (records): {listing}")

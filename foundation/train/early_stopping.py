@@ -56,7 +56,8 @@ class EarlyStopping:
         """The monitored value of the per-dataset validation metrics (lower is better; NaN when absent)."""
         if self.cfg.monitor == "main":
             return self._error(self.tasks[0], metrics, normalise=False)
-        errors = [self._error(t, metrics, normalise=True) for t in self.tasks if t.forces_of is None]
+        errors = [self._error(t, metrics, normalise=True) for t in self.tasks
+                  if t.forces_of is None and getattr(t, "labelled", True)]
         return float(sum(errors) / len(errors))
 
     def __call__(self, step: int, metrics: dict[str, Any]) -> bool:

@@ -48,7 +48,7 @@ class MultiTaskLoss(nn.Module):
         free_atoms_only: drop atoms flagged in `batch.fixed` from atom-level losses.
         max_weight: uncertainty mode: the largest weight exp(−s_t) a task may earn (None: no cap).
     logs: "{task}/loss" (L_t, only when the batch has labels), "{task}/count" (labelled
-    structures), "{task}/weight" (exp(−s_t) or the fixed weight).
+    structures), "{task}/weight" (exp(−s_t) or the fixed weight); none for a label-free potential.
     """
 
     def __init__(
@@ -129,6 +129,8 @@ class MultiTaskLoss(nn.Module):
         weights = self.weights().tolist()
         logs: dict[str, float] = {}
         for spec, (value, count), weight in zip(self.tasks, values, weights):
+            if not getattr(spec, "labelled", True):
+                continue  # a force-only potential: its force task's logs are its own
             if count > 0:
                 logs[f"{spec.name}/loss"] = value
             logs[f"{spec.name}/count"] = count

@@ -5,7 +5,7 @@ An energy task with forces takes the RMS force component of its datasets as its 
 choice): forces are the energy's gradient, so one scale serves both, and the per-atom energy
 spread of an MD or relaxation set (LiPS: 0.006 eV/atom against 0.6 eV/Å forces; OC22: ~0) would
 otherwise make the initial forces 100x too small or the loss explode. The force task itself has no
-entry: the loss uses its energy's.
+entry: the loss uses its energy's. A force-only `potential` (no labels) gets mean 0 and that scale.
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ def task_statistics(tasks: list[TaskSpec], shard_dirs: Mapping[str, str]) -> dic
             continue
         chosen = {n: d for n, d in shard_dirs.items() if task.uses(n)}
         force_stats, _ = dataset_statistics(chosen)
-        if task.target in force_stats and task.forces_of in normalization:
+        if task.target not in force_stats:
+            continue
+        if task.forces_of in normalization:
             mean, _ = normalization[task.forces_of]
             normalization[task.forces_of] = (mean, force_stats[task.target][1])
+        elif not next(t for t in tasks if t.name == task.forces_of).labelled:
+            normalization[task.forces_of] = (0.0, force_stats[task.target][1])
     return {name: TaskStats((mean,), (std,), element_refs.get(name, {}))
             for name, (mean, std) in normalization.items()}
 

@@ -85,6 +85,9 @@ def task_specs(cfg: RunConfig, datasets: dict[str, DatasetConfig]) -> list[TaskS
             raise ConfigError(f"tasks[{i}].datasets: {unknown} not in datasets ({', '.join(datasets)})")
         if task.forces_of is not None and task.forces_of not in names:
             raise ConfigError(f"tasks[{i}].forces_of: no task named {task.forces_of!r}")
+        if not task.labelled and not any(t.forces_of == task.name for t in tasks):
+            raise ConfigError(f"tasks[{i}].target: {task.target!r} has no labels and no force task names "
+                              f"{task.name!r} in forces_of, so nothing would train it")
     return tasks
 
 
