@@ -57,7 +57,7 @@ class EarlyStopping:
         if self.cfg.monitor == "main":
             return self._error(self.tasks[0], metrics, normalise=False)
         errors = [self._error(t, metrics, normalise=True) for t in self.tasks
-                  if t.forces_of is None and getattr(t, "labelled", True)]
+                  if t.forces_of is None and t.labelled]
         return float(sum(errors) / len(errors))
 
     def __call__(self, step: int, metrics: dict[str, Any]) -> bool:

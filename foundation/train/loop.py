@@ -309,7 +309,7 @@ class Trainer:
             return {}
         with gathered(self.engine, enabled=self.zero_stage == 3):
             weights = loss.weights().detach().float().cpu().tolist()
-        return {t.name: w for t, w in zip(loss.tasks, weights) if getattr(t, "labelled", True)}
+        return {t.name: w for t, w in zip(loss.tasks, weights)}
 
     _DATA_COUNTERS = ("records", "missing_records", "corrupt_shards", "unreachable_shards", "checksum_failures",
                       "fetch_retries", "replaced_batches", "oversize_batches")

@@ -40,7 +40,9 @@ class MultiTaskLoss(nn.Module):
     """forward(predictions {task: tensor}, batch) -> (loss scalar, logs).
 
     Args:
-        tasks: the model's task specs (order fixes the index of s_t in `log_vars`).
+        tasks: the model's task specs (order fixes the index of s_t in `log_vars`). A label-free
+            `potential` is dropped here: it has no loss of its own, no s_t and no logs; its force
+            task carries it (with the potential's statistics as its scale).
         mode: "uncertainty" (learned s_t) or "fixed" (TaskSpec.weight).
         stats: {task: TaskStats}, only std is used (per component); a force task without its
             own entry uses its energy task's std (one scale for energy per atom and forces, as
@@ -48,7 +50,7 @@ class MultiTaskLoss(nn.Module):
         free_atoms_only: drop atoms flagged in `batch.fixed` from atom-level losses.
         max_weight: uncertainty mode: the largest weight exp(−s_t) a task may earn (None: no cap).
     logs: "{task}/loss" (L_t, only when the batch has labels), "{task}/count" (labelled
-    structures), "{task}/weight" (exp(−s_t) or the fixed weight); none for a label-free potential.
+    structures), "{task}/weight" (exp(−s_t) or the fixed weight).
     """
 
     def __init__(
@@ -65,7 +67,8 @@ class MultiTaskLoss(nn.Module):
             raise ValueError(f"duplicate task names in {names}")
         if mode not in ("uncertainty", "fixed"):
             raise ValueError(f"mode must be 'uncertainty' or 'fixed', got {mode!r}")
-        self.tasks = list(tasks)
+        self.tasks = [t for t in tasks if t.labelled]
+        tasks = self.tasks
         self.mode = mode
         self.free_atoms_only = bool(free_atoms_only)
         if max_weight is not None and not max_weight > 0:
@@ -129,8 +132,6 @@ class MultiTaskLoss(nn.Module):
         weights = self.weights().tolist()
         logs: dict[str, float] = {}
         for spec, (value, count), weight in zip(self.tasks, values, weights):
-            if not getattr(spec, "labelled", True):
-                continue  # a force-only potential: its force task's logs are its own
             if count > 0:
                 logs[f"{spec.name}/loss"] = value
             logs[f"{spec.name}/count"] = count
