@@ -68,7 +68,6 @@ class MultiTaskLoss(nn.Module):
         if mode not in ("uncertainty", "fixed"):
             raise ValueError(f"mode must be 'uncertainty' or 'fixed', got {mode!r}")
         self.tasks = [t for t in tasks if t.labelled]
-        tasks = self.tasks
         self.mode = mode
         self.free_atoms_only = bool(free_atoms_only)
         if max_weight is not None and not max_weight > 0:
@@ -78,8 +77,8 @@ class MultiTaskLoss(nn.Module):
         unknown = sorted(set(stats) - set(names))
         if unknown:
             raise ValueError(f"statistics given for unknown task(s) {unknown}")
-        stds = torch.ones(len(tasks), max((t.dim for t in tasks), default=1))
-        for index, spec in enumerate(tasks):
+        stds = torch.ones(len(self.tasks), max((t.dim for t in self.tasks), default=1))
+        for index, spec in enumerate(self.tasks):
             entry = stats.get(spec.name)
             if entry is None and spec.forces_of is not None:
                 entry = stats.get(spec.forces_of)
@@ -87,7 +86,7 @@ class MultiTaskLoss(nn.Module):
                 stds[index, :spec.dim] = torch.as_tensor(entry.std, dtype=stds.dtype).reshape(-1).expand(spec.dim)
         self.register_buffer("stds", stds)  # [n_tasks, max dim] task unit (per atom if extensive)
         if mode == "uncertainty":
-            self.log_vars = nn.Parameter(torch.zeros(len(tasks)))  # [n_tasks] s_t = log σ_t²
+            self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))  # [n_tasks] s_t = log σ_t²
 
     def std(self, name: str) -> torch.Tensor:
         """[dim] the scale of task `name`'s normalised errors (task unit, per atom if extensive)."""
