@@ -12,6 +12,12 @@ update (`context`). `--settings` runs the chosen candidates again under other tr
 (evaluation cadence, learning rate, batch size, EMA), each a set of overrides of the task config:
 
     python bench/encoder_search.py --only small --settings "256 atoms, lr 5e-3, eval every 100" "eval every 1000"
+
+`--task` runs the search on another of `accuracy.py`'s tasks (its finetune config, its task's
+validation MAE): the small-cell, data-bound tasks (elasticity, perovskites) may want more edges,
+depth or width than the throughput-bound formation energy chose:
+
+    python bench/encoder_search.py --task log_gvrh --budget 10m --only small "small, 5 A" "small, Ewald"
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from pathlib import Path
 import yaml
 
 from _common import ROOT, machine, run_finetune
+from accuracy import TASKS
 
 COMMON = {"n_basis": 8, "cutoff_p": 6, "head_hidden": 64, "max_atomic_number": 118}
-# name -> model config (everything else: configs/finetune/formation_energy.yaml)
+SMALL = yaml.safe_load((ROOT / "configs/model/small.yaml").read_text())
+# name -> model config (everything else: the --task's finetune config)
 CANDIDATES = {
     "64x0e+16x1o, 3 blocks, 5 A": dict(hidden_irreps="64x0e + 16x1o", lmax=1, n_layers=3, radial_hidden=[64],
                                       cutoff=5.0, avg_num_neighbors=33.0),
@@ -50,6 +58,12 @@ CANDIDATES = {
     "128x0e+8x1o, 3 blocks, 4 A, context": dict(hidden_irreps="128x0e + 8x1o", lmax=1, n_layers=3,
                                                 radial_hidden=[32], cutoff=4.0, avg_num_neighbors=17.0,
                                                 context=True),
+    # `small` with one lever moved, for the data-bound tasks (`--task`): more edges, the long-range
+    # block (it reads the last block's vectors, so that block keeps them), more width, depth and width
+    "small, 5 A": {**SMALL, "cutoff": 5.0, "avg_num_neighbors": 33.0},
+    "small, Ewald": {**SMALL, "ewald_every": 2, "scalar_last": False},
+    "small, 128x0e+16x1o": {**SMALL, "hidden_irreps": "128x0e + 16x1o"},
+    "small, 3 blocks, 128x0e+16x1o": {**SMALL, "n_layers": 3, "hidden_irreps": "128x0e + 16x1o"},
 }
 
 # The settings search started from the task config of the second round; each setting below is spelled
@@ -73,6 +87,8 @@ SETTINGS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="mp_e_form", choices=list(TASKS),
+                        help="the task searched on (accuracy.py's names; its finetune config and validation MAE)")
     parser.add_argument("--budget", default="4m")
     parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="a subset of the candidates")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=["task config"],
@@ -83,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every run (e.g. data.limit=400)")
     args = parser.parse_args(argv)
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "budget": args.budget, "processes": args.nproc, "task": "mp2018 formation_energy (eV/atom)",
+               "budget": args.budget, "processes": args.nproc, "task": args.task,
                "note": "validation-split MAE only: the selection split", "candidates": {}}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             label = name if setting == "task config" else f"{name} | {setting}"
             overrides = [f"{key}={value}" for key, value in SETTINGS[setting].items()]
             print(f"[{time.perf_counter() - start:6.0f} s] {label}, {args.budget}", flush=True)
-            summary = run_finetune(["--config", "configs/finetune/formation_energy.yaml", "--model", model,
+            summary = run_finetune(["--config", TASKS[args.task][0], "--model", model,
                                     f"max_time={args.budget}", "max_steps=null", "epochs=null",
                                     "early_stopping.patience=1000000", *overrides, *args.extra],
                                    ROOT / args.work / f"candidate{i}", args.nproc)
-            val = summary["validation"]["formation_energy"]
+            val = summary["validation"][TASKS[args.task][1]]
             results["candidates"][label] = {"model": spec, "settings": overrides, "val_mae": val["mae"],
                                             "steps": summary["steps"],
                                             "atoms_per_s": round(summary["training"]["atoms_per_s"], 1),

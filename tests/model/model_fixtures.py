@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from pymatgen.core import Structure
 
 from foundation.data.crystal import Crystal
 from foundation.data.graph import collate, neighbor_graph
+from foundation.model.config import building_dtype
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MP_SUMMARY = DATA / "materials_project" / "summary.jsonl.gz"
@@ -65,12 +65,7 @@ def supercell(crystal: Crystal, reps=(2, 2, 2)) -> Crystal:
                    crystal.cell * np.array(reps)[:, None], crystal.pbc, id=crystal.id + "x", source=crystal.source)
 
 
-@contextmanager
 def float64_default():
-    """e3nn makes its constant tables (Wigner D generators included) in the default dtype."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+    """Build in float64: e3nn makes its constant tables (Wigner D generators included) in the
+    default dtype."""
+    return building_dtype(torch.float64)

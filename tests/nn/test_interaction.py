@@ -1,29 +1,21 @@
 """InteractionBlock: O(3) equivariance on random inputs, irreps declared and checked when built."""
 
-from contextlib import contextmanager
-
 import pytest
 import torch
 from e3nn import o3
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from foundation.model.config import building_dtype
 from foundation.nn.interaction import InteractionBlock, check_irreps, gate_for
 from foundation.nn.radial import RadialEmbedding
 
 IRREPS_SH = o3.Irreps.spherical_harmonics(2)
 
 
-@contextmanager
 def float64_default():
-    """e3nn computes its constant tables (Clebsch-Gordan, spherical-harmonic normalisation) in
-    the default dtype when a module is built: build in float64 for exact float64 tests."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+    """e3nn makes its constant tables in the default dtype when a module is built."""
+    return building_dtype(torch.float64)
 
 
 @pytest.fixture(scope="module")
