@@ -12,7 +12,6 @@ from pymatgen.core import Structure
 
 from foundation.data.crystal import Crystal
 from foundation.data.graph import collate, neighbor_graph
-from foundation.model.config import building_dtype
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MP_SUMMARY = DATA / "materials_project" / "summary.jsonl.gz"
@@ -63,9 +62,3 @@ def supercell(crystal: Crystal, reps=(2, 2, 2)) -> Crystal:
     positions = np.concatenate([crystal.positions + s @ crystal.cell for s in shifts])
     return Crystal(np.tile(crystal.numbers, len(shifts)), positions,
                    crystal.cell * np.array(reps)[:, None], crystal.pbc, id=crystal.id + "x", source=crystal.source)
-
-
-def float64_default():
-    """Build in float64: e3nn makes its constant tables (Wigner D generators included) in the
-    default dtype."""
-    return building_dtype(torch.float64)

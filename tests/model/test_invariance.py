@@ -13,9 +13,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_fixtures import batch_of, float64_default, load_mp, supercell, transformed
+from model_fixtures import batch_of, load_mp, supercell, transformed
 
 from foundation.config import from_dict, load_yaml
+from foundation.model.config import building_dtype
 from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
 from foundation.nn.products import L1Product
 
@@ -177,7 +178,7 @@ def test_wigner_d_in_float64_matches_rotated_features(model):
     """Node features (all irreps) rotate with D(R): the encoder itself is equivariant."""
     c = BULK[0]
     rot = rotation(7, improper=True)
-    with float64_default():
+    with building_dtype(torch.float64):
         d = model.encoder.irreps_out.D_from_matrix(torch.as_tensor(rot))
     rotated = transformed(c, positions=c.positions @ rot.T, cell=c.cell @ rot.T)
     with torch.no_grad():

@@ -4,8 +4,8 @@ other product is left to e3nn."""
 import pytest
 import torch
 from e3nn import o3
-from model_fixtures import float64_default
 
+from foundation.model.config import building_dtype
 from foundation.nn.interaction import InteractionBlock, _tensor_product
 from foundation.nn.products import L1Product, l1_product
 
@@ -20,7 +20,7 @@ SH1 = o3.Irreps("1x0e + 1x1o")
 ])
 @pytest.mark.parametrize("n", [37, 0])  # 0: a batch with no edges (an isolated atom)
 def test_equals_e3nn_values_and_gradients(irreps_in, wanted, n):
-    with float64_default():
+    with building_dtype(torch.float64):
         tp, _ = _tensor_product(o3.Irreps(irreps_in), SH1, o3.Irreps(wanted))
         product = l1_product(tp)
         assert isinstance(product, L1Product)

@@ -13,20 +13,15 @@ from foundation.nn.radial import RadialEmbedding
 IRREPS_SH = o3.Irreps.spherical_harmonics(2)
 
 
-def float64_default():
-    """e3nn makes its constant tables in the default dtype when a module is built."""
-    return building_dtype(torch.float64)
-
-
 @pytest.fixture(scope="module")
 def block():
     torch.manual_seed(0)
-    with float64_default():
+    with building_dtype(torch.float64):
         return InteractionBlock("4x0e + 2x1o + 1x2e + 1x1e", "6x0e + 3x1o + 2x2e + 1x0o", IRREPS_SH,
                                 n_basis=5, radial_hidden=(8,), avg_num_neighbors=4.0)
 
 
-with float64_default():
+with building_dtype(torch.float64):
     SH = o3.SphericalHarmonics(IRREPS_SH, normalize=True, normalization="component")
     RADIAL = RadialEmbedding(3.0, 5)
 
@@ -45,7 +40,7 @@ def test_block_is_o3_equivariant(block, seed, improper):
     edge_index = torch.randint(0, n_atoms, (2, n_edges), generator=g)
     q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
     rot = q * (torch.det(q).sign() * (-1.0 if improper else 1.0))  # det = -1 when improper
-    with float64_default():  # e3nn's Wigner-D generators are made in the default dtype too
+    with building_dtype(torch.float64):  # e3nn's Wigner-D generators are made in the default dtype too
         d_in = block.irreps_in.D_from_matrix(rot)
         d_out = block.irreps_out.D_from_matrix(rot)
     out = _run(block, feats, vec, edge_index)
