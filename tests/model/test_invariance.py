@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from model_fixtures import batch_of, load_mp, supercell, transformed
 
 from foundation.config import from_dict, load_yaml
-from foundation.model.config import building_dtype
 from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
+from foundation.model.config import building_dtype
 from foundation.nn.products import L1Product
 
 SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/small.yaml"))
