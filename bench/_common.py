@@ -34,15 +34,18 @@ def machine() -> str:
 
 
 def _torchrun(launcher: str, arguments: list[str], run_dir: Path, nproc: int) -> dict:
-    """`launch/<launcher> ARGUMENTS` on `nproc` processes, one thread each (ARGUMENTS name RUN_DIR in
-    the launcher's own way); the run's summary.json plus the command's wall seconds (start-up and
-    sharding included)."""
+    """`launch/<launcher> ARGUMENTS` on `nproc` processes (torchrun when more than one), one thread
+    each (ARGUMENTS name RUN_DIR in the launcher's own way); the run's summary.json plus the
+    command's wall seconds (start-up and sharding included)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     script = [str(ROOT / "launch" / launcher), *arguments, "log.progress=false", "log.tensorboard=false"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(free_port()), *script]
+    # One process runs the launcher directly (its single-process path, as `python launch/...`):
+    # torchrun's own interpreter would add a second torch import, seconds per run.
+    cmd = [sys.executable, *script] if nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+         "--master_port", str(free_port()), *script]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:

@@ -4,7 +4,7 @@ tasks, the same hash split, the same number of processes; writes bench/results/a
 
     python bench/accuracy.py                                   # every task, every model, 10 minutes each
     python bench/accuracy.py --tasks mp_e_form --budget 60m    # the headline row at an hour
-    python bench/accuracy.py --quick --out work/quick.json     # a small slice in about a minute (tests)
+    python bench/accuracy.py --quick --out work/quick.json     # a small slice in under a minute (tests)
     python bench/accuracy.py --tasks perovskites --sizes 500 2000 all   # learning curves (+ PNG)
 
 Every model row is the real `launch/finetune.py` under torchrun (DeepSpeed engine, EMA, the best
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="runs/sample/export",
                         help="the pretrained export (a path, or a shipped name such as small-corpus)")
     parser.add_argument("--nproc", type=int, default=2, help="processes per run (torchrun)")
-    parser.add_argument("--quick", action="store_true", help="400 perovskites, 8 s a model (the test suite's run)")
+    parser.add_argument("--quick", action="store_true", help="400 perovskites, 3 s a model (the test suite's run)")
     parser.add_argument("--sizes", nargs="+", default=["all"],
                         help="training structures (data.max_train) per point of the learning curves, or 'all'")
     parser.add_argument("--work", default="work/bench_accuracy")
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learning curves -> {out}")
         return 0
     if args.quick:
-        args.budget, args.tasks = "8s", ["perovskites"]
+        args.budget, args.tasks = "3s", ["perovskites"]
     by_size = {size: run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work,
                          args.quick, size) for size in args.sizes}
     out = ROOT / args.out

@@ -3,6 +3,7 @@ neighbour lists on the very same structures (an mp2018 subset and OC20 slab fram
 
     python bench/data.py                      # writes bench/results/data.json
     python bench/data.py --mp 2000 --no-full  # quicker: skip sharding all of mp2018
+    python bench/data.py --mp 100 --pool 1000 --oc20-every 50 --no-full --repeat 1  # the quick slice
 
 Structures per second, single process (the loader with num_workers=0), best of `--repeat` runs
 for the neighbour lists. The neighbour-list peers: `Structure.get_neighbor_list(r)` (pymatgen,
@@ -14,6 +15,7 @@ the three do the same work. Ratios are ours / peer (> 1: ours is faster).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -57,7 +59,8 @@ def timed(fn):
 
 def read_sets(args) -> tuple[dict[str, list], dict[str, float]]:
     """The two structure sets and reading speed (structures/s) of each reader."""
-    mp, t_mp = timed(lambda: list(readers.read(MP2018)))  # the whole file: the reader parses it once
+    # the whole file by default (the reader parses it once); --pool: its first records only
+    mp, t_mp = timed(lambda: list(itertools.islice(readers.read(MP2018), args.pool)))
     oc20, t_oc20 = timed(lambda: list(readers.read(OC20, format="ase")))
     speed = {"mp2018 (matbench json.gz)": len(mp) / t_mp, "oc20 (ase .traj frames)": len(oc20) / t_oc20}
     rng = np.random.default_rng(0)
@@ -113,6 +116,7 @@ def shard_and_stream(name: str, structures, cutoff: float, workdir: Path) -> dic
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mp", type=int, default=3000, help="mp2018 structures in the subset")
+    p.add_argument("--pool", type=int, default=None, help="read only the first POOL mp2018 records (default: all)")
     p.add_argument("--oc20-every", type=int, default=5, help="every k-th OC20 trajectory frame")
     p.add_argument("--cutoff", type=float, default=5.0, help="neighbour cutoff, Å")
     p.add_argument("--repeat", type=int, default=2)
