@@ -33,7 +33,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
-def _torchrun(launcher: str, arguments: list[str], run_dir: Path, nproc: int) -> dict:
+def _launch(launcher: str, arguments: list[str], run_dir: Path, nproc: int) -> dict:
     """`launch/<launcher> ARGUMENTS` on `nproc` processes (torchrun when more than one), one thread
     each (ARGUMENTS name RUN_DIR in the launcher's own way); the run's summary.json plus the
     command's wall seconds (start-up and sharding included)."""
@@ -55,13 +55,20 @@ def _torchrun(launcher: str, arguments: list[str], run_dir: Path, nproc: int) ->
     return summary
 
 
+def budget_overrides(budget: str) -> list[str]:
+    """Overrides that make a run's wall clock its only budget: `max_time` (the lr decays over it),
+    no step or epoch limit, and early stopping that keeps the best validation weights but never
+    ends the run (so every model of a comparison trains for the same time)."""
+    return [f"max_time={budget}", "max_steps=null", "epochs=null", "early_stopping.patience=1000000"]
+
+
 def run_finetune(arguments: list[str], run_dir: Path, nproc: int) -> dict:
     """`launch/finetune.py ARGUMENTS --run-dir RUN_DIR` on `nproc` processes; its summary.json plus
     the command's wall seconds (start-up and sharding included)."""
-    return _torchrun("finetune.py", [*arguments, "--run-dir", str(run_dir)], run_dir, nproc)
+    return _launch("finetune.py", [*arguments, "--run-dir", str(run_dir)], run_dir, nproc)
 
 
 def run_pretrain(arguments: list[str], run_dir: Path, nproc: int) -> dict:
     """`launch/pretrain.py ARGUMENTS run_dir=RUN_DIR` on `nproc` processes (a fresh run: an earlier
     run's checkpoints in RUN_DIR would resume it); its summary.json plus the command's wall seconds."""
-    return _torchrun("pretrain.py", [*arguments, f"run_dir={run_dir}"], run_dir, nproc)
+    return _launch("pretrain.py", [*arguments, f"run_dir={run_dir}"], run_dir, nproc)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, machine, run_finetune
+from _common import ROOT, budget_overrides, machine, run_finetune
 from foundation.data.shards import LoaderConfig, build_loader
 from foundation.pretrained import pretrained_path
 
@@ -76,8 +76,7 @@ def _row(summary: dict, task: str) -> dict:
 
 def _arguments(task: str, model: str, budget: str, checkpoint: str, quick: bool, size: str) -> list[str]:
     chosen = MODELS[model] if MODELS[model] is not None else ["--checkpoint", checkpoint]
-    out = ["--config", TASKS[task][0], *chosen, f"max_time={budget}", "max_steps=null", "epochs=null",
-           "early_stopping.patience=1000000"]
+    out = ["--config", TASKS[task][0], *chosen, *budget_overrides(budget)]
     if size != "all":
         out.append(f"data.max_train={size}")
     if quick:

@@ -39,7 +39,7 @@ import numpy as np
 from pymatgen.io.cif import CifWriter
 from webdataset.tariterators import tarfile_samples
 
-from _common import ROOT, machine, run_finetune
+from _common import ROOT, budget_overrides, machine, run_finetune
 from foundation.data.shards import decode_record, read_manifest
 from foundation.data.shards.format import shard_location
 from foundation.train.config import parse_duration
@@ -114,8 +114,7 @@ PACKAGE_SETTINGS = ["optimizer.lr=0.01", "optimizer.weight_decay=0", "schedule.w
 def run_matched(budget: str, work: Path) -> dict:
     """Our CGCNN on mp2018 formation energy with PACKAGE_SETTINGS, 2 processes, `budget`."""
     return run_finetune(["--config", "configs/finetune/formation_energy.yaml", "--model", "configs/model/cgcnn.yaml",
-                         f"max_time={budget}", "max_steps=null", "epochs=null", "early_stopping.patience=1000000",
-                         *PACKAGE_SETTINGS], work / "ours_matched", 2)
+                         *budget_overrides(budget), *PACKAGE_SETTINGS], work / "ours_matched", 2)
 
 
 def main(argv: list[str] | None = None) -> int:

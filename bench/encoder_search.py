@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import ROOT, machine, run_finetune
+from _common import ROOT, budget_overrides, machine, run_finetune
 from accuracy import TASKS
 
 COMMON = {"n_basis": 8, "cutoff_p": 6, "head_hidden": 64, "max_atomic_number": 118}
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = [f"{key}={value}" for key, value in SETTINGS[setting].items()]
             print(f"[{time.perf_counter() - start:6.0f} s] {label}, {args.budget}", flush=True)
             summary = run_finetune(["--config", TASKS[args.task][0], "--model", model,
-                                    f"max_time={args.budget}", "max_steps=null", "epochs=null",
-                                    "early_stopping.patience=1000000", *overrides, *args.extra],
+                                    *budget_overrides(args.budget), *overrides, *args.extra],
                                    ROOT / args.work / f"candidate{i}", args.nproc)
             val = summary["validation"][TASKS[args.task][1]]
             results["candidates"][label] = {"model": spec, "settings": overrides, "val_mae": val["mae"],

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import ROOT, machine, run_finetune, run_pretrain
+from _common import ROOT, budget_overrides, machine, run_finetune, run_pretrain
 
 # task -> (finetune config, the task scored, sizes that make sense)
 TASKS = {
@@ -89,8 +89,7 @@ PRETRAIN_ABLATIONS = {
 
 
 def _arguments(task: str, checkpoint: str, budget: str, size: str, seed: int, extra: list[str]) -> list[str]:
-    out = ["--config", TASKS[task][0], "--checkpoint", checkpoint, f"seed={seed}", f"max_time={budget}",
-           "max_steps=null", "epochs=null", "early_stopping.patience=1000000", *extra]
+    out = ["--config", TASKS[task][0], "--checkpoint", checkpoint, f"seed={seed}", *budget_overrides(budget), *extra]
     if size != "all":
         out.append(f"data.max_train={size}")
     return out
