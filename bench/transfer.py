@@ -22,7 +22,8 @@ mean and spread over seeds. Ratio < 1: pretraining helps.
 ablations: the fine-tuning side of the JMP recipe at one training size, from the same checkpoint:
 the task config's layer-wise lr decay against none (1.0) and 0.5, and a frozen encoder (only the
 new head trains); `--ablations` picks among those and MORE_ABLATIONS (a lower lr, weight decay,
-lr decay 0.7, the first block frozen), and the JSON names the variant with the lowest validation
+lr decay 0.7, the first block frozen) and TASK_ABLATIONS (the scored property alone, or with
+the other elastic modulus of the same structures as an auxiliary task), and the JSON names the variant with the lowest validation
 MAE. The pretraining-side ablations (uncertainty against fixed task weights, temperature 1
 against 2) need one pretraining run each: `pretrain-ablations` runs the pretraining config
 (`--pretrain-config`, default configs/pretrain/corpus.yaml: the same data, model, seed and schedule
@@ -75,6 +76,21 @@ MORE_ABLATIONS = {
     "weight_decay=0.1": ["optimizer.weight_decay=0.1"],
     "lr_decay=0.7": ["lr_decay=0.7"],
     "freeze=first:1": ["freeze=first:1"],
+}
+
+
+def _task_list(*targets: str) -> str:
+    return "tasks=[" + ", ".join(f"{{name: {t}, target: {t}}}" for t in targets) + "]"
+
+
+# the other elastic modulus of the same structures (elasticity tasks only)
+OTHER_MODULUS = {"log_kvrh": "log10_shear_modulus", "log_gvrh": "log10_bulk_modulus"}
+# run only when named: which tasks the fine-tune trains, a function of --task. "single": the scored
+# property alone; "joint": with the other modulus of the same training structures as a second task
+# (the uncertainty-weighted loss; early stopping and the scores still follow the first)
+TASK_ABLATIONS = {
+    "single": lambda task: [_task_list(TASKS[task][1])],
+    "joint": lambda task: [_task_list(TASKS[task][1], OTHER_MODULUS[task])],
 }
 
 # the pretraining side of the JMP recipe: overrides of the pretraining config (--pretrain-config)
@@ -151,8 +167,11 @@ def ablations(args) -> dict:
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "processes": args.nproc,
            "budget": args.budget, "checkpoint": args.checkpoint, "task": args.task, "size": args.size,
            "seeds": args.seeds, "variants": {}}
+    if "joint" in args.ablations and args.task not in OTHER_MODULUS:
+        raise SystemExit(f"--ablations joint: the elasticity tasks only ({', '.join(OTHER_MODULUS)}), not {args.task}")
     for name in args.ablations:
-        runs = _fine_tunes(args, args.checkpoint, name, {**ABLATIONS, **MORE_ABLATIONS}[name], "ablations")
+        extra = TASK_ABLATIONS[name](args.task) if name in TASK_ABLATIONS else {**ABLATIONS, **MORE_ABLATIONS}[name]
+        runs = _fine_tunes(args, args.checkpoint, name, extra, "ablations")
         out["variants"][name] = {"runs": runs["runs"], **runs["test"], "val": runs["val"]}
         print(f"    {name}: val {out['variants'][name]['val']['mean']:.4f}, test {out['variants'][name]['mean']:.4f}",
               flush=True)
@@ -332,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", default="40s", help="wall-clock training budget of every fine-tune")
     parser.add_argument("--task", default="perovskites", choices=list(TASKS), help="ablations: the task")
     parser.add_argument("--size", default="500", help="ablations: the training size")
-    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=[*ABLATIONS, *MORE_ABLATIONS],
+    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS),
+                        choices=[*ABLATIONS, *MORE_ABLATIONS, *TASK_ABLATIONS],
                         help="ablations: which variants (each a set of overrides of the task config)")
     parser.add_argument("--steps", type=int, default=2000, help="pretrain-ablations: pretraining steps of each variant")
     parser.add_argument("--variants", nargs="+", default=list(PRETRAIN_ABLATIONS), choices=list(PRETRAIN_ABLATIONS),
