@@ -72,3 +72,24 @@ def test_accuracy_plot_merges_learning_curves_with_a_plain_run(tmp_path):
     assert by_size["all"]["tasks"]["mp_e_form"]["models"] == {"ours": {"test_mae": 0.06}, "cgcnn": {"test_mae": 0.08}}
     assert accuracy.main(["--plot", *files, "--out", str(tmp_path / "curves_all.json")]) == 0
     assert (tmp_path / "curves_all.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transfer_task_ablations_set_the_fine_tune_tasks():
+    """`transfer.py ablations single|joint`: overrides that the config reader turns into the scored
+    property alone, or it first (what early stopping and the scores follow) with the other elastic
+    modulus second; `joint` on a task without another modulus stops before any run."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import transfer  # the benchmark script, run here as a module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from foundation.config import apply_overrides, load_yaml
+
+    for task, other in transfer.OTHER_MODULUS.items():
+        config, scored = transfer.TASKS[task]
+        data = load_yaml(ROOT / config)
+        for name, want in (("single", [scored]), ("joint", [scored, other])):
+            tasks = apply_overrides(data, transfer.TASK_ABLATIONS[name](task))["tasks"]
+            assert [t["target"] for t in tasks] == [t["name"] for t in tasks] == want, (task, name)
+    with pytest.raises(SystemExit, match="elasticity tasks only"):
+        transfer.main(["ablations", "--task", "perovskites", "--ablations", "joint"])
