@@ -22,9 +22,9 @@ mean and spread over seeds. Ratio < 1: pretraining helps.
 ablations: the fine-tuning side of the JMP recipe at one training size, from the same checkpoint:
 the task config's layer-wise lr decay against none (1.0) and 0.5, and a frozen encoder (only the
 new head trains); `--ablations` picks among those and MORE_ABLATIONS (a lower lr, weight decay,
-lr decay 0.7, the first block frozen) and TASK_ABLATIONS (the scored property alone, or with
-the other elastic modulus of the same structures as an auxiliary task), and the JSON names the variant with the lowest validation
-MAE. The pretraining-side ablations (uncertainty against fixed task weights, temperature 1
+lr decay 0.7, the first block frozen) and TASK_ABLATIONS (the scored property alone, or with the
+other elastic modulus of the same structures as an auxiliary task), and the JSON names the variant
+with the lowest validation MAE. The pretraining-side ablations (uncertainty against fixed task weights, temperature 1
 against 2) need one pretraining run each: `pretrain-ablations` runs the pretraining config
 (`--pretrain-config`, default configs/pretrain/corpus.yaml: the same data, model, seed and schedule
 shape) for `--steps` steps once per variant, then fine-tunes each export on `--task` at
