@@ -64,6 +64,12 @@ CANDIDATES = {
     "small, Ewald": {**SMALL, "ewald_every": 2, "scalar_last": False},
     "small, 128x0e+16x1o": {**SMALL, "hidden_irreps": "128x0e + 16x1o"},
     "small, 3 blocks, 128x0e+16x1o": {**SMALL, "n_layers": 3, "hidden_irreps": "128x0e + 16x1o"},
+    # the fourth round (formation energy): CGCNN's neighbour cap (nearest shells kept whole) on a
+    # longer cutoff, scalars only at twice the width, a finer radial basis
+    "small, 5 A, 12 nearest": {**SMALL, "cutoff": 5.0, "max_neighbors": 12, "avg_num_neighbors": 13.0},
+    "small, 6 A, 12 nearest": {**SMALL, "cutoff": 6.0, "max_neighbors": 12, "avg_num_neighbors": 13.0},
+    "small, 128x0e": {**SMALL, "hidden_irreps": "128x0e", "lmax": 0},
+    "small, 16 Bessel, radial 64": {**SMALL, "n_basis": 16, "radial_hidden": [64]},
 }
 
 # The settings search started from the task config of the second round; each setting below is spelled
@@ -82,6 +88,7 @@ SETTINGS = {
     "eval every 1000, 1024 atoms, lr 1e-2": {**_SPARSE, "loader.max_atoms": 1024, "optimizer.lr": 1.0e-2},
     "eval every 1000, 2048 atoms, lr 1e-2": {**_SPARSE, "loader.max_atoms": 2048, "optimizer.lr": 1.0e-2},
     "eval every 1000, EMA 0.999": {**_SPARSE, "ema.decay": 0.999},
+    "task config, lr 2e-2": {"optimizer.lr": 2.0e-2},  # the fourth round: from the third's settings
 }
 
 

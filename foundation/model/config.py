@@ -44,7 +44,9 @@ class ModelConfig:
     # n_layers, width, max_neighbors, head_hidden and max_atomic_number.
     encoder: Literal["equivariant", "cgcnn", "schnet", "composition"] = "equivariant"
     width: int = 64  # atom feature width of the baseline encoders
-    max_neighbors: int = 0  # baselines: the nearest k neighbours within the cutoff (CGCNN: 12); 0 = all
+    # The nearest k neighbours within the cutoff (CGCNN: 12); 0 = all. Every encoder; on the
+    # equivariant one a cap makes the energy discontinuous (neighbours swap): property tasks only.
+    max_neighbors: int = 0
     cutoff: float = 5.0  # Å, neighbour-list radius; build graphs with the same value
     n_basis: int = 8  # radial Bessel functions
     cutoff_p: int = 6  # polynomial envelope exponent (u, u', u'' vanish at the cutoff)

@@ -19,7 +19,7 @@ from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps, r
 from ..nn.radial import RadialEmbedding
 from .config import ModelConfig, building_dtype
 
-__all__ = ["Encoder", "edge_vectors", "mean_pool", "nearest_edges", "gaussian_basis", "check_species", "distance_edges"]
+__all__ = ["Encoder", "edge_vectors", "mean_pool", "nearest_edges", "nearest_shell_edges", "gaussian_basis", "check_species", "distance_edges"]
 
 
 def edge_vectors(batch: Batch, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -44,6 +44,19 @@ def nearest_edges(receiver: torch.Tensor, length: torch.Tensor, k: int) -> torch
     keep = torch.zeros_like(receiver, dtype=torch.bool)
     keep[order] = rank < k
     return keep
+
+
+def nearest_shell_edges(receiver: torch.Tensor, length: torch.Tensor, k: int, tol: float = 1e-4) -> torch.Tensor:
+    """[n_edges] bool: every edge of a receiving atom no longer than its k-th shortest (+ `tol` Å;
+    all when k = 0). Unlike `nearest_edges`, a shell of equal distances is kept whole, so the choice
+    does not depend on edge order: a cap that keeps permutation invariance and supercell consistency
+    in symmetric crystals (where the k-th and (k+1)-th neighbours are often at one distance)."""
+    if k <= 0 or length.numel() == 0:
+        return torch.ones_like(receiver, dtype=torch.bool)
+    first_k = nearest_edges(receiver, length, k)
+    radius = torch.zeros(int(receiver.max()) + 1, dtype=length.dtype, device=length.device)
+    radius = radius.index_reduce(0, receiver[first_k], length.detach()[first_k], "amax", include_self=False)
+    return length.detach() <= radius.index_select(0, receiver) + tol
 
 
 def gaussian_basis(length: torch.Tensor, n: int, cutoff: float) -> torch.Tensor:
@@ -143,6 +156,12 @@ class Encoder(nn.Module):
         n_graphs = batch.n_graphs
         vec = edge_vectors(batch, pos)  # [n_edges, 3] Å
         length = vec.norm(dim=-1)  # [n_edges] Å
+        edge_index = batch.edge_index  # [2, n_edges]
+        if self.config.max_neighbors:
+            # The k nearest of each atom, ties kept (CGCNN's cap): fewer edges per step, but the
+            # energy jumps where the k-th and (k+1)-th neighbours swap: not for forces or dynamics.
+            keep = nearest_shell_edges(edge_index[0], length, self.config.max_neighbors)
+            vec, length, edge_index = vec[keep], length[keep], edge_index[:, keep]
         edge_sh = self.spherical_harmonics(vec)  # [n_edges, irreps_sh.dim]
         edge_radial = self.radial(length)  # [n_edges, n_basis]
         # Standard-normal embedding rows, so the first block sees unit-variance scalars.
@@ -150,7 +169,7 @@ class Encoder(nn.Module):
         pooled = [mean_pool(h, batch.batch, n_graphs)]  # [n_graphs, F] per block
         ewald_energy = None
         for layer, block in enumerate(self.blocks):
-            h = block(h, edge_sh, edge_radial, batch.edge_index, batch.batch, n_graphs)  # [n_atoms, hidden]
+            h = block(h, edge_sh, edge_radial, edge_index, batch.batch, n_graphs)  # [n_atoms, hidden]
             pooled.append(mean_pool(h.index_select(1, getattr(self, f"block_scalar_index_{layer}")), batch.batch, n_graphs))
             if str(layer) in self.ewald:
                 h, energy = self.ewald[str(layer)](h, pos, batch.cell, batch.pbc, batch.batch, n_graphs)
