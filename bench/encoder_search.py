@@ -36,6 +36,7 @@ from accuracy import TASKS
 
 COMMON = {"n_basis": 8, "cutoff_p": 6, "head_hidden": 64, "max_atomic_number": 118}
 SMALL = yaml.safe_load((ROOT / "configs/model/small.yaml").read_text())
+CGCNN = yaml.safe_load((ROOT / "configs/model/cgcnn.yaml").read_text())
 # name -> model config (everything else: the --task's finetune config)
 CANDIDATES = {
     "64x0e+16x1o, 3 blocks, 5 A": dict(hidden_irreps="64x0e + 16x1o", lmax=1, n_layers=3, radial_hidden=[64],
@@ -70,6 +71,11 @@ CANDIDATES = {
     "small, 6 A, 12 nearest": {**SMALL, "cutoff": 6.0, "max_neighbors": 12, "avg_num_neighbors": 13.0},
     "small, 128x0e": {**SMALL, "hidden_irreps": "128x0e", "lmax": 0},
     "small, 16 Bessel, radial 64": {**SMALL, "n_basis": 16, "radial_hidden": [64]},
+    # the periodic table's element descriptors added to the species embedding (CGCNN's input),
+    # for ours and, so that the baseline gets what helps ours, for CGCNN
+    "small, element features": {**SMALL, "element_features": True},
+    "cgcnn": CGCNN,
+    "cgcnn, element features": {**CGCNN, "element_features": True},
 }
 
 # The settings search started from the task config of the second round; each setting below is spelled

@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from ..data.graph import Batch
 from .config import ModelConfig, building_dtype
-from .encoder import check_species, distance_edges, mean_pool
+from ..nn.species import ElementDescriptors
+from .encoder import check_species, distance_edges, mean_pool, species_features
 
 __all__ = ["CGCNNEncoder", "CGConv"]
 
@@ -52,13 +53,14 @@ class CGCNNEncoder(nn.Module):
         self.config, self.n_invariants = config, config.width
         with building_dtype(dtype):
             self.embedding = nn.Embedding(config.n_species, config.width)
+            self.element_features = ElementDescriptors(config.n_species, config.width) if config.element_features else None
             self.blocks = nn.ModuleList(CGConv(config.width, config.n_basis) for _ in range(config.n_layers))
 
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         check_species(batch.numbers, self.config)
         pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
         receiver, sender, _, basis = distance_edges(batch, pos, self.config)  # basis [n_kept, n_basis]
-        v = self.embedding(batch.numbers).to(pos.dtype)  # [n_atoms, w]
+        v = species_features(self, batch.numbers).to(pos.dtype)  # [n_atoms, w]
         for block in self.blocks:
             v = block(v, basis, receiver, sender)
         return {"node_invariants": v, "graph_features": mean_pool(v, batch.batch, batch.n_graphs)}

@@ -63,6 +63,9 @@ class ModelConfig:
     ewald_every: int = 0  # a LatentEwald block after every k-th interaction block; 0 = none
     ewald_hidden: int = 16  # width of the LatentEwald charge and feedback MLPs
     ewald_accuracy: float = 1e-4  # relative truncation error of the Ewald sums
+    # Every encoder: the periodic table's descriptors of each species (foundation/data/elements.py),
+    # mapped linearly and added to the learned embedding (CGCNN's element features; zero at init).
+    element_features: bool = False
     head_hidden: int = 64  # hidden width of every task head's MLP
     max_atomic_number: int = 118  # species embedding and element references cover Z = 0 .. this
 

@@ -17,9 +17,10 @@ from ..nn.ewald import LatentEwald
 from ..nn.pooling import mean_pool
 from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps, reachable_irreps
 from ..nn.radial import RadialEmbedding
+from ..nn.species import ElementDescriptors
 from .config import ModelConfig, building_dtype
 
-__all__ = ["Encoder", "edge_vectors", "mean_pool", "nearest_edges", "nearest_shell_edges", "gaussian_basis", "check_species", "distance_edges"]
+__all__ = ["Encoder", "edge_vectors", "mean_pool", "nearest_edges", "nearest_shell_edges", "gaussian_basis", "species_features", "check_species", "distance_edges"]
 
 
 def edge_vectors(batch: Batch, positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,8 +56,15 @@ def nearest_shell_edges(receiver: torch.Tensor, length: torch.Tensor, k: int, to
         return torch.ones_like(receiver, dtype=torch.bool)
     first_k = nearest_edges(receiver, length, k)
     radius = torch.zeros(int(receiver.max()) + 1, dtype=length.dtype, device=length.device)
-    radius = radius.index_reduce(0, receiver[first_k], length.detach()[first_k], "amax", include_self=False)
+    radius = radius.scatter_reduce(0, receiver[first_k], length.detach()[first_k], "amax", include_self=False)
     return length.detach() <= radius.index_select(0, receiver) + tol
+
+
+def species_features(encoder: nn.Module, numbers: torch.Tensor) -> torch.Tensor:
+    """An encoder's first atom features: its learned `embedding` of each species, plus its
+    `element_features` (the periodic table's descriptors, mapped) when it has them."""
+    h = encoder.embedding(numbers)
+    return h if encoder.element_features is None else h + encoder.element_features(numbers)
 
 
 def gaussian_basis(length: torch.Tensor, n: int, cutoff: float) -> torch.Tensor:
@@ -115,6 +123,7 @@ class Encoder(nn.Module):
         self.irreps_sh = o3.Irreps.spherical_harmonics(config.lmax)
         self.irreps_embed = o3.Irreps(f"{config.n_scalars}x0e")
         self.embedding = nn.Embedding(config.n_species, config.n_scalars)
+        self.element_features = ElementDescriptors(config.n_species, config.n_scalars) if config.element_features else None
         self.spherical_harmonics = o3.SphericalHarmonics(
             self.irreps_sh, normalize=True, normalization="component"
         )
@@ -165,7 +174,7 @@ class Encoder(nn.Module):
         edge_sh = self.spherical_harmonics(vec)  # [n_edges, irreps_sh.dim]
         edge_radial = self.radial(length)  # [n_edges, n_basis]
         # Standard-normal embedding rows, so the first block sees unit-variance scalars.
-        h = self.embedding(numbers).to(pos.dtype)  # [n_atoms, F] 0e
+        h = species_features(self, numbers).to(pos.dtype)  # [n_atoms, F] 0e
         pooled = [mean_pool(h, batch.batch, n_graphs)]  # [n_graphs, F] per block
         ewald_energy = None
         for layer, block in enumerate(self.blocks):

@@ -21,7 +21,8 @@ from torch.nn import functional as F
 
 from ..data.graph import Batch
 from .config import ModelConfig, building_dtype
-from .encoder import check_species, distance_edges, mean_pool
+from ..nn.species import ElementDescriptors
+from .encoder import check_species, distance_edges, mean_pool, species_features
 
 __all__ = ["SchNetEncoder", "Interaction"]
 
@@ -55,6 +56,7 @@ class SchNetEncoder(nn.Module):
         self.config, self.n_invariants = config, config.width
         with building_dtype(dtype):
             self.embedding = nn.Embedding(config.n_species, config.width)
+            self.element_features = ElementDescriptors(config.n_species, config.width) if config.element_features else None
             self.blocks = nn.ModuleList(Interaction(config.width, config.n_basis) for _ in range(config.n_layers))
 
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -62,7 +64,7 @@ class SchNetEncoder(nn.Module):
         pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
         receiver, sender, length, basis = distance_edges(batch, pos, self.config)  # [n_kept], [n_kept, n_basis]
         envelope = 0.5 * (torch.cos(math.pi * length / self.config.cutoff) + 1.0)  # [n_kept]
-        x = self.embedding(batch.numbers).to(pos.dtype)  # [n_atoms, w]
+        x = species_features(self, batch.numbers).to(pos.dtype)  # [n_atoms, w]
         for block in self.blocks:
             x = block(x, basis, envelope, receiver, sender)
         return {"node_invariants": x, "graph_features": mean_pool(x, batch.batch, batch.n_graphs)}
