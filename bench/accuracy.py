@@ -74,9 +74,10 @@ def _row(summary: dict, task: str) -> dict:
             "atoms_per_s": round(summary["training"]["atoms_per_s"], 1)}
 
 
-def _arguments(task: str, model: str, budget: str, checkpoint: str, quick: bool, size: str) -> list[str]:
+def _arguments(task: str, model: str, budget: str, checkpoint: str, quick: bool, size: str,
+               extra: tuple[str, ...] = ()) -> list[str]:
     chosen = MODELS[model] if MODELS[model] is not None else ["--checkpoint", checkpoint]
-    out = ["--config", TASKS[task][0], *chosen, *budget_overrides(budget)]
+    out = ["--config", TASKS[task][0], *chosen, *budget_overrides(budget), *extra]
     if size != "all":
         out.append(f"data.max_train={size}")
     if quick:
@@ -85,9 +86,10 @@ def _arguments(task: str, model: str, budget: str, checkpoint: str, quick: bool,
 
 
 def run(tasks: list[str], models: list[str], budget: str, checkpoint: str, nproc: int, work: Path,
-        quick: bool, size: str = "all") -> dict:
+        quick: bool, size: str = "all", extra: tuple[str, ...] = ()) -> dict:
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "processes": nproc, "budget": budget, "quick": quick, "checkpoint": checkpoint, "train_size": size,
+               "overrides": list(extra),
                "note": "test-split MAE at equal wall-clock budgets; 'mean' predicts the train mean", "tasks": {}}
     start = time.perf_counter()
     for task in tasks:
@@ -98,7 +100,7 @@ def run(tasks: list[str], models: list[str], budget: str, checkpoint: str, nproc
                 rows[model] = {"skipped": f"no checkpoint {checkpoint} (run the README's main job first)"}
                 continue
             print(f"[{time.perf_counter() - start:6.0f} s] {task}: {model}, {budget}, train {size}", flush=True)
-            summary = run_finetune(_arguments(task, model, budget, checkpoint, quick, size),
+            summary = run_finetune(_arguments(task, model, budget, checkpoint, quick, size, extra),
                                    work / task / size / model, nproc)
             rows[model] = _row(summary, TASKS[task][1])
         if summary is not None:
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="400 perovskites, 3 s a model (the test suite's run)")
     parser.add_argument("--sizes", nargs="+", default=["all"],
                         help="training structures (data.max_train) per point of the learning curves, or 'all'")
+    parser.add_argument("--args", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the task config for every run (e.g. add_element_features=true)")
     parser.add_argument("--work", default="work/bench_accuracy")
     parser.add_argument("--out", default="bench/results/accuracy.json")
     parser.add_argument("--plot", nargs="+", default=None, metavar="JSON",
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.budget, args.tasks = "3s", ["perovskites"]
     by_size = {size: run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work,
-                         args.quick, size) for size in args.sizes}
+                         args.quick, size, tuple(args.args)) for size in args.sizes}
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     results = by_size["all"] if list(by_size) == ["all"] else {"learning_curves": by_size}

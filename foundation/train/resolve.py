@@ -172,10 +172,14 @@ def _model(cfg: RunConfig) -> tuple[ModelConfig, FoundationModel | None, str | N
             pretrained, where = load_export(cfg.checkpoint), str(resolve_export(cfg.checkpoint))
         except ExportError as exc:
             raise ConfigError(f"checkpoint: {exc}") from exc
-        return pretrained.config, pretrained, where
-    if isinstance(cfg.model, str):
-        return from_dict(ModelConfig, load_yaml(cfg.model), f"model ({cfg.model})"), None, None
-    return cfg.model, None, None
+        config = pretrained.config
+        if cfg.add_element_features:
+            config = dataclasses.replace(config, element_features=True)
+        return config, pretrained, where
+    config = cfg.model
+    if isinstance(config, str):
+        config = from_dict(ModelConfig, load_yaml(config), f"model ({config})")
+    return (dataclasses.replace(config, element_features=True) if cfg.add_element_features else config), None, None
 
 
 def _head_plan(pretrained: FoundationModel | None, tasks: list[TaskSpec], keep: bool) -> tuple[list[str], list[str]]:

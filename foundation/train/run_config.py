@@ -78,6 +78,10 @@ class RunConfig:
     freeze: str = "none"  # "none" | "encoder" | "first:K" (embedding + first K interaction blocks)
     lr_decay: float = 1.0  # heads lr, last block lr·D, ..., embedding lr·D^(L+1)
     keep_heads: bool = False  # keep the checkpoint's other heads in the export (trained on nothing)
+    # the encoder gets the element descriptors (ModelConfig.element_features) if it lacks them: a
+    # checkpoint's, zero-initialised (it computes as pretrained until trained); a fresh model's, as if
+    # its config said so. In a task config, every model compared on the task gets them.
+    add_element_features: bool = False
     max_steps: int | None = None
     epochs: float | None = None  # passes over the train split; with max_steps, the smaller wins
     # wall-clock budget of the training loop: seconds or "10m", "1h"; the run stops there, keeps its

@@ -69,8 +69,12 @@ def build_objective(res, stats: Mapping[str, TaskStats]) -> Objective:
     seed_everything(cfg.seed)
     model = FoundationModel(res.model, res.tasks, stats)
     if res.pretrained is not None and not cfg.from_scratch:
+        state = res.pretrained.encoder.state_dict()
+        if res.model.element_features and not res.pretrained.config.element_features:
+            # add_element_features: the new input keeps its zero map and pymatgen's table.
+            state.update({f"element_features.{k}": v for k, v in model.encoder.element_features.state_dict().items()})
         try:
-            model.encoder.load_state_dict(res.pretrained.encoder.state_dict(), strict=True)
+            model.encoder.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             raise ConfigError(f"checkpoint: the encoder of {res.checkpoint} does not load into the model its "
                               f"config describes: {exc}") from exc
