@@ -78,4 +78,6 @@ def element_descriptors(max_z: int = 118) -> np.ndarray:
     table = np.where(np.isnan(table), mean, table)
     std = table.std(axis=0)
     table = (table - table.mean(axis=0)) / np.where(std > 0, std, 1.0)
-    return np.concatenate([np.zeros((1, table.shape[1])), table])
+    table = np.concatenate([np.zeros((1, table.shape[1])), table])
+    table.setflags(write=False)  # cached: shared by every caller
+    return table

@@ -22,7 +22,8 @@ class ElementDescriptors(nn.Module):
 
     def __init__(self, n_species: int, width: int):
         super().__init__()
-        table = torch.as_tensor(element_descriptors(n_species - 1), dtype=torch.get_default_dtype())
+        # A copy: the table is cached for every model, and a buffer is written in place (load_state_dict).
+        table = torch.tensor(element_descriptors(n_species - 1), dtype=torch.get_default_dtype())
         self.register_buffer("table", table)  # [n_species, n_descriptors]
         self.linear = nn.Linear(table.shape[1], width, bias=False)
         nn.init.zeros_(self.linear.weight)

@@ -173,13 +173,14 @@ def _model(cfg: RunConfig) -> tuple[ModelConfig, FoundationModel | None, str | N
         except ExportError as exc:
             raise ConfigError(f"checkpoint: {exc}") from exc
         config = pretrained.config
-        if cfg.add_element_features:
-            config = dataclasses.replace(config, element_features=True)
-        return config, pretrained, where
-    config = cfg.model
-    if isinstance(config, str):
-        config = from_dict(ModelConfig, load_yaml(config), f"model ({config})")
-    return (dataclasses.replace(config, element_features=True) if cfg.add_element_features else config), None, None
+    else:
+        pretrained = where = None
+        config = cfg.model
+        if isinstance(config, str):
+            config = from_dict(ModelConfig, load_yaml(config), f"model ({config})")
+    if cfg.add_element_features:
+        config = dataclasses.replace(config, element_features=True)
+    return config, pretrained, where
 
 
 def _head_plan(pretrained: FoundationModel | None, tasks: list[TaskSpec], keep: bool) -> tuple[list[str], list[str]]:
