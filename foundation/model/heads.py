@@ -7,7 +7,8 @@ For a regression task with normalisation (mean μ, std σ) and element reference
 
 and a structure-level prediction is Σ_i c_i (extensive) or mean_i c_i (intensive). So μ and σ are
 per-atom statistics: of (y − Σ ref) / n_atoms for an extensive label, of y − mean ref for an
-intensive one (the shard manifest provides them). An energy task (`TaskSpec.is_energy`) also gets
+intensive one (the shard manifest provides them). An intensive task with `pool="features"` applies
+the MLP to the mean of the atoms' invariants instead: σ · MLP(mean_i h_i) + μ + mean_i ref[Z_i]. An energy task (`TaskSpec.is_energy`) also gets
 the encoder's Ewald energy (per cell, or divided by n_atoms for eV/atom). Classification heads
 return logits, averaged over atoms. Force tasks have no head: `forces_from_energy`.
 All normalisation and references are buffers, saved with the model. They stay float32 or
@@ -99,6 +100,8 @@ class TaskHead(nn.Module):
     def forward(self, encoded: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         spec = self.spec
         h = encoded["node_invariants"]  # [n_atoms, F]
+        if spec.pool == "features":
+            return self._pooled_features(h, encoded, batch)
         out = self.mlp(h)  # [n_atoms, dim] normalised
         if out.dtype in _LOW_PRECISION:
             out = out.float()
@@ -114,6 +117,25 @@ class TaskHead(nn.Module):
             if spec.is_energy and "ewald_energy" in encoded:
                 ewald = encoded["ewald_energy"].unsqueeze(-1).to(out.dtype)  # [n_graphs, 1] eV
                 out = out + (ewald if spec.extensive else ewald / n_atoms)
+        return out.squeeze(-1) if spec.dim == 1 else out
+
+    def _pooled_features(self, h: torch.Tensor, encoded: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """pool="features": σ·MLP(mean_i h_i) + μ + mean_i ref[Z_i] (+ Ewald / n for an eV/atom
+        energy): the same μ, σ and references as the per-atom form, the head on the structure."""
+        spec = self.spec
+        n_atoms = batch.n_atoms.to(h.dtype).clamp(min=1).unsqueeze(-1)  # [n_graphs, 1]
+        pooled = h.new_zeros(batch.n_graphs, h.shape[-1]).index_add_(0, batch.batch, h) / n_atoms
+        out = self.mlp(pooled)  # [n_graphs, dim] normalised (logits for classification)
+        if out.dtype in _LOW_PRECISION:
+            out = out.float()
+        if spec.kind == "regression":
+            out = out * self.std + self.mean  # [n_graphs, dim] task unit
+            if spec.dim == 1:
+                ref = self.element_ref.index_select(0, batch.numbers).unsqueeze(-1).to(out.dtype)  # [n_atoms, 1]
+                ref_sum = out.new_zeros(batch.n_graphs, 1).index_add_(0, batch.batch, ref)
+                out = out + ref_sum / n_atoms.to(out.dtype)
+            if spec.is_energy and "ewald_energy" in encoded:
+                out = out + encoded["ewald_energy"].unsqueeze(-1).to(out.dtype) / n_atoms.to(out.dtype)
         return out.squeeze(-1) if spec.dim == 1 else out
 
 

@@ -67,6 +67,11 @@ class TaskSpec:
     weight: float = 1.0  # weight in MultiTaskLoss(mode="fixed")
     dim: int = 1  # output components per structure or atom (forces: 3)
     huber_delta: float = 1.0  # huber loss threshold, in normalised (÷ std) units
+    # structure level, intensive: "contributions" averages the head's per-atom outputs (each atom
+    # contributes, as an energy does); "features" averages the encoder's per-atom features and
+    # applies the head to the mean (CGCNN's and ALIGNN's readout), so the head sees the whole
+    # structure and can combine its atoms nonlinearly (a modulus, a band gap)
+    pool: Literal["contributions", "features"] = "contributions"
 
     def __post_init__(self) -> None:
         where = f"task {self.name!r}"
@@ -94,6 +99,11 @@ class TaskSpec:
                              "extensive) that a force task's forces_of trains")
         if self.level == "atom" and self.extensive:
             raise ValueError(f"{where}: 'extensive' applies to structure-level tasks only")
+        if self.pool not in ("contributions", "features"):
+            raise ValueError(f"{where}: pool must be 'contributions' or 'features', got {self.pool!r}")
+        if self.pool == "features" and (self.level != "structure" or self.extensive):
+            raise ValueError(f"{where}: pool 'features' (the head on the mean of the atoms' features) is for "
+                             "intensive structure-level tasks; a sum of per-atom contributions stays extensive")
         object.__setattr__(self, "datasets", tuple(self.datasets))
 
     @property

@@ -64,6 +64,7 @@ class TaskConfig:
     weight: float | None = None
     dim: int | None = None
     huber_delta: float | None = None
+    pool: Literal["contributions", "features"] | None = None
 
 
 @dataclass(frozen=True)
