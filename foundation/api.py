@@ -207,6 +207,7 @@ class Embedder:
     encoder: torch.nn.Module  # any encoder of foundation.model (ours or a baseline)
     device: torch.device
     readouts: dict[str, torch.nn.Module] = field(default_factory=dict)  # task -> hidden layer
+    pooled: frozenset[str] = frozenset()  # tasks whose head reads the mean of the features (pool="features")
 
     @property
     def n_features(self) -> int:
@@ -227,9 +228,9 @@ class Embedder:
         level="blocks": `[n, F_all]`, the mean invariants of the embedding and of every block,
         concatenated (the equivariant encoder only; the richer frozen features);
         level="readout": `[n, F_all + Σ hidden]`, "blocks" and the mean over atoms of the hidden
-        layer of every structure-level head the checkpoint holds, in head order (the richest:
-        what pretraining learned to predict each property from, as JMP and MACE users read the
-        penultimate layer);
+        layer of every structure-level head the checkpoint holds, in head order (the hidden layer
+        of the mean features for a head with pool="features"; the richest: what pretraining
+        learned to predict each property from, as JMP and MACE users read the penultimate layer);
         level="atom": `[Σ n_i, F]`, every structure's atoms in input order, one after another
         (rows of structure i start at the sum of the earlier structures' atom counts).
         """
@@ -249,7 +250,9 @@ class Embedder:
             key = {"structure": "graph_features", "blocks": "block_features", "atom": "node_invariants"}[level]
             return encoded[key]  # [n_graphs or n_atoms, F]
         h = encoded["node_invariants"]  # [n_atoms, F]
-        hidden = [mean_pool(r(h), batch.batch, batch.n_graphs) for r in self.readouts.values()]  # [n_graphs, H] each
+        mean_h = mean_pool(h, batch.batch, batch.n_graphs)  # [n_graphs, F]
+        hidden = [r(mean_h) if name in self.pooled else mean_pool(r(h), batch.batch, batch.n_graphs)
+                  for name, r in self.readouts.items()]  # [n_graphs, H] each, as the head computes it
         return torch.cat([encoded["block_features"], *hidden], dim=1)  # [n_graphs, width]
 
     def run(self, crystals: list[Crystal], level: str, batch_size: int, progress: bool | None) -> np.ndarray:
@@ -270,7 +273,8 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Embedd
     """An `Embedder` for the encoder of the export at `path` (the path forms of `load_model`)."""
     device = torch.device(device)
     model = load_export(path, map_location=device).eval()
-    return Embedder(model.encoder, device, _readouts(model))
+    pooled = frozenset(name for name, spec in model.tasks.items() if spec.pool == "features")
+    return Embedder(model.encoder, device, _readouts(model), pooled)
 
 
 def predict(path: str | Path, structures: Iterable[Any], device: str | torch.device = "cpu",

@@ -58,7 +58,7 @@ def _template(args: argparse.Namespace) -> RunConfig:
     """The fold RunConfig template, as `foundation finetune --config C --data FILE [k=v ...]`
     builds it (no config: one task for --target, 20 epochs unless the overrides set a budget)."""
     flags = dict(config=args.config, checkpoint=args.checkpoint, model=None, freeze=None, lr_decay=None, keep_heads=None,
-                 run_dir=None, data=args.data, format=args.format, task_name=None, kind=None,
+                 run_dir=None, data=args.data, format=args.format, task_name=None, kind=None, pool=None,
                  target=None if args.config else args.target, overrides=args.overrides)
     return config_from_args(argparse.Namespace(**flags))
 

@@ -31,6 +31,9 @@ def parse_args(argv: list[str], command: str = "finetune") -> argparse.Namespace
     parser.add_argument("--target", help="label to fine-tune on (replaces the config's tasks)")
     parser.add_argument("--task-name", help="name of the new head (default: the target)")
     parser.add_argument("--kind", choices=("regression", "classification"))
+    parser.add_argument("--pool", choices=("contributions", "features"),
+                        help="an intensive task's readout: the mean of per-atom predictions (default) or "
+                             "the head on the mean of the atoms' features (CGCNN's)")
     parser.add_argument("--freeze", help="none | encoder | first:K")
     parser.add_argument("--lr-decay", type=float, help="layer-wise learning-rate decay D in (0, 1]")
     heads = parser.add_mutually_exclusive_group()
@@ -63,13 +66,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         data.pop("checkpoint", None)
     if args.data is not None or args.format is not None:
         data["data"] = _data_section(data, args)
-    named = {k: v for k, v in (("name", args.task_name), ("kind", args.kind)) if v is not None}
+    named = {k: v for k, v in (("name", args.task_name), ("kind", args.kind), ("pool", args.pool)) if v is not None}
     if args.target is not None:
         data["tasks"] = [{"target": args.target, **named}]
     elif named:
         tasks = data.get("tasks") or []
         if len(tasks) != 1:
-            raise ConfigError(f"--task-name/--kind apply to one task; the config has {len(tasks)}: give --target")
+            raise ConfigError(f"--task-name/--kind/--pool apply to one task; the config has {len(tasks)}: "
+                              "give --target, or tasks.N.pool=... overrides")
         data["tasks"] = [{**tasks[0], **named}]
     if not args.config and "max_steps" not in data and "epochs" not in data:
         data["epochs"] = 20.0

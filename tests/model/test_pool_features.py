@@ -10,6 +10,7 @@ import pytest
 import torch
 from model_fixtures import batch_of, load_mp, supercell, transformed
 
+from foundation.api import load_encoder
 from foundation.config import ConfigError, from_dict, load_yaml
 from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats, load_export, save_export
 from foundation.train.resolve import task_specs
@@ -70,9 +71,16 @@ def test_pooled_head_trains_and_round_trips(tmp_path):
     assert model.heads[TARGET].mlp[0].weight.grad.abs().max() > 0
     assert next(model.encoder.parameters()).grad is not None
     model.eval()
-    loaded = load_export(save_export(model, tmp_path / "pooled"))
+    directory = save_export(model, tmp_path / "pooled")
+    loaded = load_export(directory)
     assert loaded.tasks[TARGET].pool == "features"
     torch.testing.assert_close(_predict(loaded, CRYSTALS), _predict(model, CRYSTALS))
+    # The readout features are the hidden layer the pooled head computes: of the mean features.
+    readout = load_encoder(directory).embed(CRYSTALS[:1], level="readout")  # [1, F_all + H]
+    with torch.no_grad():
+        h = model.encoder(batch_of(CRYSTALS[:1], TINY.cutoff))["node_invariants"]
+        want = model.heads[TARGET].mlp[:2](h.mean(0))
+    np.testing.assert_allclose(readout[0, -want.shape[0]:], want.numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_extensive_and_atom_tasks_refuse_it():

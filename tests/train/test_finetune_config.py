@@ -67,6 +67,8 @@ def test_cli_flags_override_the_yaml(tmp_path):
         config_from_args(parse_args(["--config", str(path), "--task-name", "x"]))
     bare = config_from_args(parse_args(["--data", "c.json", "--target", "band_gap", "--drop-heads"]))
     assert bare.epochs is not None and bare.keep_heads is False
+    pooled = config_from_args(parse_args(["--data", "c.json", "--target", "log10_bulk_modulus", "--pool", "features"]))
+    assert pooled.tasks == [TaskConfig(target="log10_bulk_modulus", pool="features")]
 
 
 def test_one_config_type_for_both_recipes(tmp_path):
