@@ -56,6 +56,15 @@ def transformed(crystal: Crystal, positions=None, cell=None, pbc=None, numbers=N
     )
 
 
+def rotated_permuted(crystal: Crystal, seed: int = 0) -> Crystal:
+    """The same crystal under a random orthogonal map of space and a random order of its atoms."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    perm = rng.permutation(crystal.n_atoms)
+    return transformed(crystal, positions=crystal.positions[perm] @ q.T, cell=crystal.cell @ q.T,
+                       numbers=crystal.numbers[perm])
+
+
 def supercell(crystal: Crystal, reps=(2, 2, 2)) -> Crystal:
     """Supercell with atoms ordered image-major: atom k of image m is index m·n + k."""
     shifts = np.array([(a, b, c) for a in range(reps[0]) for b in range(reps[1]) for c in range(reps[2])])

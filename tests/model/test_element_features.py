@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import batch_of, load_mp, supercell, transformed
+from model_fixtures import batch_of, load_mp, rotated_permuted, supercell
 
 from foundation.config import from_dict, load_yaml
 from foundation.data.elements import DESCRIPTOR_NAMES, element_descriptors
@@ -61,10 +61,7 @@ def test_a_model_with_the_table_is_invariant_and_round_trips():
             return m(batch_of(crystals, SMALL.cutoff))["formation_energy_per_atom"]
 
     c = CRYSTALS[0]
-    rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    perm = rng.permutation(c.n_atoms)
-    moved = transformed(c, positions=c.positions[perm] @ q.T, cell=c.cell @ q.T, numbers=c.numbers[perm])
+    moved = rotated_permuted(c)
     p = predict(model, [c])
     torch.testing.assert_close(predict(model, [moved]), p, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(predict(model, [supercell(c)]), p, rtol=1e-10, atol=1e-10)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from model_fixtures import batch_of, load_mp, supercell, transformed
+from model_fixtures import batch_of, load_mp, rotated_permuted, supercell
 
 from foundation.api import load_encoder
 from foundation.config import ConfigError, from_dict, load_yaml
@@ -52,10 +52,7 @@ def test_the_head_sees_the_mean_of_the_features():
 def test_pooled_features_are_invariant_and_supercell_consistent():
     model = _model("features", seed=3)
     c = CRYSTALS[0]
-    rng = np.random.default_rng(0)
-    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
-    perm = rng.permutation(c.n_atoms)
-    moved = transformed(c, positions=c.positions[perm] @ q.T, cell=c.cell @ q.T, numbers=c.numbers[perm])
+    moved = rotated_permuted(c)
     p = _predict(model, [c])
     torch.testing.assert_close(_predict(model, [moved]), p, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(_predict(model, [supercell(c)]), p, rtol=1e-10, atol=1e-10)
