@@ -6,6 +6,8 @@ tasks, the same hash split, the same number of processes; writes bench/results/a
     python bench/accuracy.py --tasks mp_e_form --budget 60m    # the headline row at an hour
     python bench/accuracy.py --quick --out work/quick.json     # a small slice in under a minute (tests)
     python bench/accuracy.py --tasks perovskites --sizes 500 2000 all   # learning curves (+ PNG)
+    python bench/accuracy.py --tasks log_kvrh --models ours cgcnn --seeds 0 1 2   # mean and spread over seeds
+    python bench/accuracy.py --combine A.json B.json --out C.json   # earlier runs' seeds summarised together
 
 Every model row is the real `launch/finetune.py` under torchrun (DeepSpeed engine, EMA, the best
 validation weights exported) with the task's config from `configs/finetune/` and only these
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import ROOT, budget_overrides, machine, run_finetune
+from foundation.config import load_yaml
 from foundation.data.shards import LoaderConfig, build_loader
 from foundation.pretrained import pretrained_path
 
@@ -124,6 +127,66 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _seed_of(results: dict) -> int:
+    """The run seed a result file ran under: its `seed=` override, else its task configs' seed."""
+    for item in results.get("overrides", []):
+        key, _, value = item.partition("=")
+        if key.strip() == "seed":
+            return int(value)
+    seeds = {int(load_yaml(ROOT / t["config"]).get("seed", 0)) for t in results["tasks"].values()}
+    if len(seeds) != 1:
+        raise ValueError(f"a run over task configs of different seeds ({sorted(seeds)}): summarise them apart")
+    return seeds.pop()
+
+
+def seed_summary(runs: list[dict], reference: str = "cgcnn") -> dict:
+    """Every (task, model) over the runs' seeds: the test and val MAE of each seed, their means and
+    sample standard deviations, and the ratio of the mean test MAE to `reference`'s where that model
+    ran on the same seeds. A (task, model, seed) that two runs both hold is an error: say which one
+    counts by leaving the other out."""
+    cells: dict[str, dict[str, dict[int, dict]]] = {}
+    for results in runs:
+        seed = _seed_of(results)
+        for task, t in results["tasks"].items():
+            for model, row in t["models"].items():
+                if "test_mae" not in row or model == "mean":
+                    continue
+                held = cells.setdefault(task, {}).setdefault(model, {})
+                if seed in held:
+                    raise ValueError(f"{task}/{model}: seed {seed} is in two of the runs given")
+                held[seed] = row
+    summary: dict[str, dict] = {}
+    for task, models in cells.items():
+        summary[task] = {}
+        for model, by_seed in models.items():
+            seeds = sorted(by_seed)
+            test = np.array([by_seed[s]["test_mae"] for s in seeds])
+            val = np.array([by_seed[s]["val_mae"] for s in seeds])
+            summary[task][model] = {
+                "seeds": seeds, "test_mae": test.tolist(), "val_mae": val.tolist(),
+                "test_mean": float(test.mean()), "test_std": float(test.std(ddof=1)) if len(test) > 1 else None,
+                "val_mean": float(val.mean()), "val_std": float(val.std(ddof=1)) if len(val) > 1 else None}
+        ref = summary[task].get(reference)
+        for model, row in summary[task].items():
+            if ref is not None and model != reference and row["seeds"] == ref["seeds"]:
+                row[f"test_ratio_to_{reference}"] = row["test_mean"] / ref["test_mean"]
+                row[f"val_ratio_to_{reference}"] = row["val_mean"] / ref["val_mean"]
+    return summary
+
+
+def seed_table(summary: dict, reference: str = "cgcnn") -> str:
+    lines = [f"{'task':<13}{'model':<17}{'seeds':<10}{'test MAE mean +- std':>24}{'val MAE mean':>14}"
+             f"{'test / ' + reference:>16}"]
+    for task, models in summary.items():
+        for model, r in models.items():
+            spread = f" +- {r['test_std']:.4f}" if r["test_std"] is not None else ""
+            ratio = r.get(f"test_ratio_to_{reference}")
+            lines.append(f"{task:<13}{model:<17}{','.join(map(str, r['seeds'])):<10}"
+                         f"{r['test_mean']:>14.4f}{spread:<10}{r['val_mean']:>14.4f}"
+                         + (f"{ratio:>15.3f}x" if ratio is not None else f"{'-':>16}"))
+    return "\n".join(lines)
+
+
 def curves_plot(by_size: dict[str, dict], path: Path) -> None:
     """Test MAE against training structures, one panel per task, one line per model (log-log)."""
     from matplotlib.figure import Figure  # a plotting library only for this figure
@@ -168,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="training structures (data.max_train) per point of the learning curves, or 'all'")
     parser.add_argument("--args", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the task config for every run (e.g. add_element_features=true)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="run every model and task once per run seed (initial weights and batch order; "
+                             "the split stays the same) and report each model's mean and spread")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                        help="no training: summarise earlier single-size runs' JSON over their seeds into --out")
     parser.add_argument("--work", default="work/bench_accuracy")
     parser.add_argument("--out", default="bench/results/accuracy.json")
     parser.add_argument("--plot", nargs="+", default=None, metavar="JSON",
@@ -179,8 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         curves_plot(merged(args.plot), out)
         print(f"learning curves -> {out}")
         return 0
+    if args.combine:
+        return _combine(args.combine, ROOT / args.out)
     if args.quick:
         args.budget, args.tasks = "3s", ["perovskites"]
+    if args.seeds:
+        return _seeds(args)
     by_size = {size: run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work,
                          args.quick, size, tuple(args.args)) for size in args.sizes}
     out = ROOT / args.out
@@ -194,6 +266,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learning curves -> {out.with_suffix('.png')}")
     print(f"-> {out}")
     return 0
+
+
+def _write_seeds(runs: list[dict], out: Path, sources: list[str] | None = None) -> int:
+    summary = seed_summary(runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "summary": summary,
+           **({"sources": sources} if sources else {"runs": {str(_seed_of(r)): r for r in runs}})}
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(seed_table(summary))
+    print(f"-> {out}")
+    return 0
+
+
+def _combine(paths: list[str], out: Path) -> int:
+    runs = []
+    for path in paths:
+        doc = json.loads((ROOT / path).read_text())
+        if "learning_curves" in doc:
+            raise SystemExit(f"{path}: --combine takes single-size runs of accuracy.py, not learning curves")
+        runs += list(doc["runs"].values()) if "runs" in doc else [doc]  # a --seeds file gives its runs
+    return _write_seeds(runs, out, sources=list(paths))
+
+
+def _seeds(args) -> int:
+    if args.sizes != ["all"]:
+        raise SystemExit("--seeds runs the full training split; learning curves take one seed (--args seed=S)")
+    if any(a.partition("=")[0].strip() == "seed" for a in args.args):
+        raise SystemExit("--seeds sets the run seed: leave seed= out of --args")
+    runs = [run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work / f"seed{seed}",
+                args.quick, "all", (*args.args, f"seed={seed}")) for seed in args.seeds]
+    return _write_seeds(runs, ROOT / args.out)
 
 
 if __name__ == "__main__":

@@ -62,16 +62,78 @@ def test_accuracy_plot_merges_learning_curves_with_a_plain_run(tmp_path):
     (tmp_path / "ours_all.json").write_text(json.dumps(_accuracy_result({"ours": 0.06}, 26538)))
     (tmp_path / "cgcnn_all.json").write_text(json.dumps(_accuracy_result({"cgcnn": 0.08}, 26538)))
     files = [str(tmp_path / f) for f in ("curves.json", "ours_all.json", "cgcnn_all.json")]
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import accuracy  # the benchmark script, run here as a module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    accuracy = _accuracy_module()
     by_size = accuracy.merged(files)
     assert set(by_size) == {"500", "all"}
     assert by_size["all"]["tasks"]["mp_e_form"]["models"] == {"ours": {"test_mae": 0.06}, "cgcnn": {"test_mae": 0.08}}
     assert accuracy.main(["--plot", *files, "--out", str(tmp_path / "curves_all.json")]) == 0
     assert (tmp_path / "curves_all.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _accuracy_module():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import accuracy  # the benchmark script, run here as a module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return accuracy
+
+
+def _seed_run(overrides: list[str], rows: dict[str, tuple[float, float]]) -> dict:
+    return {"overrides": overrides, "tasks": {"log_kvrh": {"config": "configs/finetune/bulk_modulus.yaml", "models": {
+        **{m: {"test_mae": t, "val_mae": v} for m, (t, v) in rows.items()}, "mean": {"test_mae": 0.3}}}}}
+
+
+def test_accuracy_seed_summary_means_spreads_and_ratios(tmp_path):
+    """`accuracy.py --combine`: runs of different seeds (a `seed=` override, else the task config's
+    seed, 0) summarised per model: each seed's MAE, mean, sample std and the ratio of mean test MAEs
+    to CGCNN on the same seeds; the same seed twice is refused."""
+    accuracy = _accuracy_module()
+    seed0 = _seed_run(["add_element_features=true"], {"ours": (0.044, 0.052), "cgcnn": (0.055, 0.054)})
+    seed1 = _seed_run(["seed=1"], {"ours": (0.051, 0.054), "cgcnn": (0.051, 0.060), "schnet": (0.06, 0.06)})
+    summary = accuracy.seed_summary([seed0, seed1])["log_kvrh"]
+    assert set(summary) == {"ours", "cgcnn", "schnet"}  # not the train-mean row
+    ours, cgcnn = summary["ours"], summary["cgcnn"]
+    assert ours["seeds"] == [0, 1] and ours["test_mae"] == [0.044, 0.051]
+    assert ours["test_mean"] == pytest.approx(0.0475) and ours["test_std"] == pytest.approx(0.007 / 2 ** 0.5)
+    assert ours["test_ratio_to_cgcnn"] == pytest.approx(0.0475 / 0.053)
+    assert ours["val_ratio_to_cgcnn"] == pytest.approx(0.053 / 0.057)
+    assert summary["schnet"]["test_std"] is None and "test_ratio_to_cgcnn" not in summary["schnet"]  # seed 1 only
+    with pytest.raises(ValueError, match="seed 1 is in two"):
+        accuracy.seed_summary([seed1, seed1])
+    paths = []
+    for i, run in enumerate((seed0, seed1)):
+        paths.append(str(tmp_path / f"run{i}.json"))
+        Path(paths[-1]).write_text(json.dumps(run))
+    assert accuracy.main(["--combine", *paths, "--out", str(tmp_path / "seeds.json")]) == 0
+    doc = json.loads((tmp_path / "seeds.json").read_text())
+    assert doc["sources"] == paths and doc["summary"]["log_kvrh"]["ours"]["test_mean"] == pytest.approx(0.0475)
+
+
+def test_accuracy_seeds_run_each_seed_in_its_own_folder(tmp_path, monkeypatch):
+    """`accuracy.py --seeds 0 2`: one run per seed, each with `seed=S` added to the config overrides
+    and its own work folder, summarised together; a `seed=` in --args as well is refused."""
+    accuracy = _accuracy_module()
+    calls = []
+
+    def fake_run(tasks, models, budget, checkpoint, nproc, work, quick, size, extra):
+        calls.append((Path(work).name, extra))
+        seed = int(extra[-1].split("=")[1])
+        return _seed_run(list(extra), {"ours": (0.05 + seed / 100, 0.05), "cgcnn": (0.06, 0.06)})
+
+    monkeypatch.setattr(accuracy, "run", fake_run)
+    out = tmp_path / "seeds.json"
+    assert accuracy.main(["--tasks", "log_kvrh", "--models", "ours", "cgcnn", "--seeds", "0", "2",
+                          "--args", "add_element_features=true", "--work", str(tmp_path), "--out", str(out)]) == 0
+    assert calls == [("seed0", ("add_element_features=true", "seed=0")), ("seed2", ("add_element_features=true", "seed=2"))]
+    doc = json.loads(out.read_text())
+    assert set(doc["runs"]) == {"0", "2"} and doc["summary"]["log_kvrh"]["ours"]["test_mean"] == pytest.approx(0.06)
+    seed1 = tmp_path / "seed1.json"
+    seed1.write_text(json.dumps(_seed_run(["seed=1"], {"ours": (0.05, 0.05), "cgcnn": (0.05, 0.05)})))
+    assert accuracy.main(["--combine", str(out), str(seed1), "--out", str(tmp_path / "all.json")]) == 0
+    assert json.loads((tmp_path / "all.json").read_text())["summary"]["log_kvrh"]["ours"]["seeds"] == [0, 1, 2]
+    with pytest.raises(SystemExit, match="leave seed= out"):
+        accuracy.main(["--seeds", "0", "--args", "seed=1", "--out", str(out)])
 
 
 def test_transfer_task_ablations_set_the_fine_tune_tasks():
