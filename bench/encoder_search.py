@@ -74,6 +74,10 @@ CANDIDATES = {
     # the periodic table's element descriptors added to the species embedding (CGCNN's input),
     # for ours and, so that the baseline gets what helps ours, for CGCNN
     "small, element features": {**SMALL, "element_features": True},
+    # the twenty-first session (the moduli, data-bound): edge directions to l = 2 (bond angles enter
+    # the vector messages through 2 x 1 -> 1 paths; the general e3nn product), and twice the vectors
+    "small, edges to l = 2": {**SMALL, "lmax": 2},
+    "small, 128x0e+32x1o": {**SMALL, "hidden_irreps": "128x0e + 32x1o"},
     "cgcnn": CGCNN,
     "cgcnn, element features": {**CGCNN, "element_features": True},
 }
