@@ -127,12 +127,17 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _override(items, key: str) -> str | None:
+    """The value of `key` among KEY=VALUE overrides (the last one given), else None."""
+    values = [value for k, _, value in (item.partition("=") for item in items) if k.strip() == key]
+    return values[-1] if values else None
+
+
 def _seed_of(results: dict) -> int:
     """The run seed a result file ran under: its `seed=` override, else its task configs' seed."""
-    for item in results.get("overrides", []):
-        key, _, value = item.partition("=")
-        if key.strip() == "seed":
-            return int(value)
+    seed = _override(results.get("overrides", []), "seed")
+    if seed is not None:
+        return int(seed)
     seeds = {int(load_yaml(ROOT / t["config"]).get("seed", 0)) for t in results["tasks"].values()}
     if len(seeds) != 1:
         raise ValueError(f"a run over task configs of different seeds ({sorted(seeds)}): summarise them apart")
@@ -292,7 +297,7 @@ def _combine(paths: list[str], out: Path) -> int:
 def _seeds(args) -> int:
     if args.sizes != ["all"]:
         raise SystemExit("--seeds runs the full training split; learning curves take one seed (--args seed=S)")
-    if any(a.partition("=")[0].strip() == "seed" for a in args.args):
+    if _override(args.args, "seed") is not None:
         raise SystemExit("--seeds sets the run seed: leave seed= out of --args")
     runs = [run(args.tasks, args.models, args.budget, args.checkpoint, args.nproc, ROOT / args.work / f"seed{seed}",
                 args.quick, "all", (*args.args, f"seed={seed}")) for seed in args.seeds]

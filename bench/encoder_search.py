@@ -78,6 +78,10 @@ CANDIDATES = {
     # the vector messages through 2 x 1 -> 1 paths; the general e3nn product), and twice the vectors
     "small, edges to l = 2": {**SMALL, "lmax": 2},
     "small, 128x0e+32x1o": {**SMALL, "hidden_irreps": "128x0e + 32x1o"},
+    # the twenty-second session (the moduli overfit within ~1,500 steps): dropout on the invariants
+    # the heads read; position noise is a task setting (`--extra position_noise=0.03`)
+    "small, dropout 0.1": {**SMALL, "dropout": 0.1},
+    "small, dropout 0.2": {**SMALL, "dropout": 0.2},
     "cgcnn": CGCNN,
     "cgcnn, element features": {**CGCNN, "element_features": True},
 }
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", nargs="*", default=[], help="key=value overrides for every run (e.g. data.limit=400)")
     args = parser.parse_args(argv)
     results = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "budget": args.budget, "processes": args.nproc, "task": args.task,
+               "budget": args.budget, "processes": args.nproc, "task": args.task, "extra": list(args.extra),
                "note": "validation-split MAE only: the selection split", "candidates": {}}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

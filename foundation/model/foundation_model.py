@@ -107,7 +107,8 @@ class FoundationModel(nn.Module):
             if stats is not None:
                 raise ValueError(f"force task {spec.name!r} takes its scale from {spec.forces_of!r}")
         else:
-            head = TaskHead(spec, self.encoder.n_invariants, self.config.head_hidden, self.config.n_species)
+            head = TaskHead(spec, self.encoder.n_invariants, self.config.head_hidden, self.config.n_species,
+                            dropout=self.config.dropout)
             ref = next(self.encoder.parameters())
             head = head.to(device=ref.device, dtype=ref.dtype)
             if stats is not None:

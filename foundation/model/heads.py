@@ -40,8 +40,9 @@ class TaskHead(nn.Module):
     or [n_atoms] / [n_atoms, dim] (atom level), in the task's unit (logits for classification).
     """
 
-    def __init__(self, spec: TaskSpec, n_in: int, hidden: int, n_species: int):
+    def __init__(self, spec: TaskSpec, n_in: int, hidden: int, n_species: int, dropout: float = 0.0):
         super().__init__()
+        self.dropout = dropout  # on the invariants the head reads, in training only
         if spec.forces_of is not None:
             raise ValueError(f"task {spec.name!r} is a force task: it has no head of its own")
         self.spec = spec
@@ -100,6 +101,8 @@ class TaskHead(nn.Module):
     def forward(self, encoded: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         spec = self.spec
         h = encoded["node_invariants"]  # [n_atoms, F]
+        if self.dropout:
+            h = nn.functional.dropout(h, self.dropout, self.training)
         if spec.pool == "features":
             return self._pooled_features(h, encoded, batch)
         out = self.mlp(h)  # [n_atoms, dim] normalised

@@ -15,7 +15,7 @@ import resource
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,15 +45,22 @@ class Objective(nn.Module):
     rank. A head whose label is absent from one rank's batch otherwise has no gradient there,
     and ZeRO-1/2 then reduce buckets of different sizes on different ranks (gloo aborts with
     "Received data size doesn't match"; NCCL hangs). ZeRO-0 fills such gradients with zeros itself.
+    `position_noise` (Å): in training, every atom is displaced by a fresh N(0, σ²) per axis before
+    the forward pass (RunConfig.position_noise); evaluation sees the true positions.
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module, touch_all_parameters: bool = False):
+    def __init__(self, model: nn.Module, loss: nn.Module, touch_all_parameters: bool = False,
+                 position_noise: float = 0.0):
         super().__init__()
         self.model = model
         self.loss = loss
         self.touch_all_parameters = touch_all_parameters
+        self.position_noise = position_noise
 
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
+        if self.position_noise and self.training:
+            noise = torch.randn_like(batch.positions) * self.position_noise  # [n_atoms, 3] Å
+            batch = replace(batch, positions=batch.positions + noise)
         preds = self.model(batch)
         loss, logs = self.loss(preds, batch)
         if self.touch_all_parameters and self.training:

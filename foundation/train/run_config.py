@@ -83,6 +83,11 @@ class RunConfig:
     # checkpoint's, zero-initialised (it computes as pretrained until trained); a fresh model's, as if
     # its config said so. In a task config, every model compared on the task gets them.
     add_element_features: bool = False
+    # Å: the std of a Gaussian displacement added to every atom of every training batch (each
+    # step draws anew; validation and test see the true positions). An augmentation for the small
+    # structure-level property sets; refused with force or other atom-level tasks, whose labels
+    # belong to the true positions. 0: none.
+    position_noise: float = 0.0
     max_steps: int | None = None
     epochs: float | None = None  # passes over the train split; with max_steps, the smaller wins
     # wall-clock budget of the training loop: seconds or "10m", "1h"; the run stops there, keeps its
@@ -127,6 +132,8 @@ class RunConfig:
         if self.max_task_weight is not None and self.loss != "uncertainty":
             raise ValueError("max_task_weight caps the learned uncertainty weights: it needs loss 'uncertainty', "
                              f"got {self.loss!r} (fixed weights are each task's 'weight')")
+        if not 0 <= self.position_noise < 0.5:
+            raise ValueError(f"position_noise must be in [0, 0.5) Å, got {self.position_noise}")
         if not 0 < self.lr_decay <= 1:
             raise ValueError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
         if self.freeze not in ("none", "encoder") and re.fullmatch(r"first:\d+", self.freeze) is None:

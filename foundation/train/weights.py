@@ -25,7 +25,7 @@ from .loop import Objective
 from .loss import MultiTaskLoss
 from .rng import seed_everything
 
-__all__ = ["encoder_depth", "freeze_encoder", "lr_scales", "build_objective", "export_model"]
+__all__ = ["encoder_depth", "freeze_encoder", "lr_scales", "build_objective", "check_position_noise", "export_model"]
 
 log = logging.getLogger("foundation.train")
 
@@ -63,6 +63,15 @@ def lr_scales(decay: float, n_layers: int) -> Callable[[str], float]:
     return scale
 
 
+def check_position_noise(noise: float, tasks) -> None:
+    """Refuse position noise (Å) with atom-level tasks: forces and the like belong to the true
+    positions, and a displaced atom's label would be wrong."""
+    atom_level = [t.name for t in tasks if t.level == "atom"]
+    if noise and atom_level:
+        raise ConfigError(f"position_noise {noise} Å: tasks {atom_level} are atom level (their labels belong "
+                          "to the true positions); use it with structure-level tasks only")
+
+
 def build_objective(res, stats: Mapping[str, TaskStats]) -> Objective:
     """Model + loss, seeded (every rank starts from the same weights)."""
     cfg = res.config
@@ -90,7 +99,9 @@ def build_objective(res, stats: Mapping[str, TaskStats]) -> Objective:
              len(frozen), sum(1 for n, _ in model.named_parameters() if encoder_depth(n) is not None), cfg.freeze,
              cfg.lr_decay, [t.name for t in res.tasks], res.kept or "none")
     loss = MultiTaskLoss(res.tasks, mode=cfg.loss, stats=stats, max_weight=cfg.max_task_weight)
-    return Objective(model, loss, touch_all_parameters=cfg.distributed.zero_stage in (1, 2))
+    check_position_noise(cfg.position_noise, res.tasks)
+    return Objective(model, loss, touch_all_parameters=cfg.distributed.zero_stage in (1, 2),
+                     position_noise=cfg.position_noise)
 
 
 def export_model(res, evaluated: torch.nn.Module, best_state: dict[str, torch.Tensor] | None) -> FoundationModel:
