@@ -1,6 +1,8 @@
 """Early stopping: the Trainer's `on_eval` hook. It follows the monitored validation value, keeps a
 CPU copy of the evaluated weights at the best evaluation, and says stop after `patience`
-evaluations without an improvement larger than `min_delta`; disabled, it does nothing.
+evaluations without an improvement larger than `min_delta`; disabled, it does nothing. `curve`
+holds the monitored value of every evaluation (this process's: a resumed run starts it again), so a
+run's summary shows where validation peaked and what came after.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class EarlyStopping:
         self.evaluated = evaluated
         self.best, self.best_step, self.best_state = math.inf, None, None
         self.bad, self.stopped = 0, False
+        self.curve: list[tuple[int, float]] = []  # (step, monitored value) of every evaluation, in order
 
     def _error(self, task: TaskSpec, metrics: dict[str, Any], normalise: bool) -> float:
         scored = [m[task.name] for m in metrics.values() if task.name in m]
@@ -64,6 +67,7 @@ class EarlyStopping:
         if not self.enabled:  # pretraining: nothing to keep (a copy of the weights at every evaluation)
             return False
         value = self.value(metrics)
+        self.curve.append((int(step), float(value)))
         if math.isfinite(value) and value < self.best - self.cfg.min_delta:
             self.best, self.best_step, self.bad = value, step, 0
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.evaluated().state_dict().items()}

@@ -174,6 +174,9 @@ def test_early_stopping_stops_on_a_plateau_and_exports_the_best_step(pretrained,
                   early_stopping={"patience": 2, "min_delta": 1.0e9}, checkpoints={"every": 2, "keep": 10})
     summary = finetune(cfg)
     assert summary["stopped_early"] and summary["steps"] == 6 and summary["best_step"] == 2
+    curve = summary["monitor"]["curve"]  # every evaluation's validation MAE, the best among them
+    assert [step for step, _ in curve] == [2, 4, 6]
+    assert curve[0][1] == pytest.approx(summary["monitor"]["best"])
     ema = load_file(str(Path(cfg.run_dir) / "checkpoints" / "step_000000002" / "ema.safetensors"))
     exported = load_export(summary["export"]).state_dict()
     assert set(exported) == {k.removeprefix("model.") for k in ema if k.startswith("model.")}

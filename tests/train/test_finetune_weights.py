@@ -116,6 +116,7 @@ def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
         decisions.append(stop(step, {"d": {"band_gap": {"mae": mae, "rmse": mae, "n": 3}}}))
     assert decisions == [False, False, False, True]
     assert stop.best_step == 2 and stop.best == pytest.approx(0.4) and float(stop.best_state["weight"]) == 2.0
+    assert stop.curve == [(1, 0.5), (2, 0.4), (3, 0.45), (4, 0.41)]
     loss = EarlyStopping(EarlyStoppingConfig(monitor="loss"), True, [task, TaskSpec.for_target("is_metal")],
                          {"band_gap": TaskStats(std=(2.0,))}, lambda: model)
     assert loss.value({"d": {"band_gap": {"mae": 0.5}, "is_metal": {"roc_auc": 0.75}}}) == pytest.approx(0.25)
