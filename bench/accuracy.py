@@ -74,7 +74,8 @@ def _row(summary: dict, task: str) -> dict:
             "val_mae": val["mae"], "steps": summary["steps"], "best_step": summary["best_step"],
             "stopped_by": summary["stopped_by"], "train_seconds": round(summary["train_seconds"], 1),
             "loop_seconds": summary["budget"]["wall_seconds"], "command_seconds": summary["command_seconds"],
-            "atoms_per_s": round(summary["training"]["atoms_per_s"], 1)}
+            "atoms_per_s": round(summary["training"]["atoms_per_s"], 1),
+            "val_curve": summary.get("monitor", {}).get("curve")}  # [step, the monitored val value] per evaluation
 
 
 def _arguments(task: str, model: str, budget: str, checkpoint: str, quick: bool, size: str,

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             results["candidates"][label] = {"model": spec, "settings": overrides, "val_mae": val["mae"],
                                             "steps": summary["steps"],
                                             "atoms_per_s": round(summary["training"]["atoms_per_s"], 1),
-                                            "train_seconds": round(summary["training"]["train_seconds"], 1)}
+                                            "train_seconds": round(summary["training"]["train_seconds"], 1),
+                                            "val_curve": summary.get("monitor", {}).get("curve")}
     results["total_seconds"] = round(time.perf_counter() - start, 1)
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ def test_every_benchmark_runs_on_a_small_slice(tmp_path):
         assert row["test_mae"] > 0 and row["n_test"] > 0, name
         if name != "mean":
             assert row["stopped_by"] == "max_time" and row["steps"] > 0 and row["loop_seconds"] >= 3, name
+            assert row["val_curve"][-1][0] == row["steps"] and all(v > 0 for _, v in row["val_curve"]), name
     assert json.loads((tmp_path / "data.json").read_text()) and json.loads((tmp_path / "model.json").read_text())
     curves = json.loads((tmp_path / "transfer_curves.json").read_text())["tasks"]["dcdft"]["sizes"]["all"]
     for variant in ("pretrained", "scratch"):  # the shipped model against the same architecture from scratch
@@ -41,7 +42,7 @@ def test_every_benchmark_runs_on_a_small_slice(tmp_path):
     speed = json.loads((tmp_path / "speed.json").read_text())
     assert speed["inference"]["ours (small)"]["atoms_per_s"] > 0 and sum(speed["step_profile"]["share"].values()) > 0.99
     search = json.loads((tmp_path / "encoder_search.json").read_text())["candidates"]["small"]
-    assert search["val_mae"] > 0 and search["steps"] > 0
+    assert search["val_mae"] > 0 and search["steps"] > 0 and search["val_curve"][-1][0] == search["steps"]
     corpus = json.loads((tmp_path / "corpus.json").read_text())
     assert corpus["sharding"]["structures"] == 2000 and corpus["statistics"]["records"] > 1900
     assert corpus["equal_batches"]["every_record_once"] and len(set(corpus["equal_batches"]["batches_per_rank"])) == 1
