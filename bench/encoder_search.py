@@ -82,6 +82,7 @@ CANDIDATES = {
     # the heads read; position noise is a task setting (`--extra position_noise=0.03`)
     "small, dropout 0.1": {**SMALL, "dropout": 0.1},
     "small, dropout 0.2": {**SMALL, "dropout": 0.2},
+    "small, 32x0e+8x1o": {**SMALL, "hidden_irreps": "32x0e + 8x1o", "head_hidden": 32},  # fewer weights to overfit
     "cgcnn": CGCNN,
     "cgcnn, element features": {**CGCNN, "element_features": True},
 }
