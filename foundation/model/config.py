@@ -41,7 +41,7 @@ class ModelConfig:
     # "equivariant": ours (e3nn tensor-product blocks, below); the baselines, sharing data, heads,
     # loss, loop and exports: "cgcnn" (Xie and Grossman 2018), "schnet" (Schütt et al. 2018),
     # "composition" (element fractions only, no structure). They use cutoff, n_basis (Gaussians),
-    # n_layers, width, max_neighbors, head_hidden and max_atomic_number.
+    # n_layers, width, max_neighbors, head_hidden, dropout and max_atomic_number.
     encoder: Literal["equivariant", "cgcnn", "schnet", "composition"] = "equivariant"
     width: int = 64  # atom feature width of the baseline encoders
     # The nearest k neighbours within the cutoff (CGCNN: 12); 0 = all. Every encoder; on the
@@ -68,7 +68,8 @@ class ModelConfig:
     element_features: bool = False
     head_hidden: int = 64  # hidden width of every task head's MLP
     # Dropout on the invariant features every head reads (training only; 0 = none): a regulariser
-    # for the small, data-bound sets (the moduli's 2,560 structures overfit within ~1,500 steps).
+    # for the small, data-bound sets (on the moduli's 2,560 structures `small` overfits after its
+    # best step, ~2,000-2,700 of a 10-minute run; measured there without gain, bench/README.md).
     dropout: float = 0.0
     max_atomic_number: int = 118  # species embedding and element references cover Z = 0 .. this
 
