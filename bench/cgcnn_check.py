@@ -37,19 +37,10 @@ from pathlib import Path
 
 import numpy as np
 from pymatgen.io.cif import CifWriter
-from webdataset.tariterators import tarfile_samples
 
 from _common import ROOT, budget_overrides, machine, run_finetune
-from foundation.data.shards import decode_record, read_manifest
-from foundation.data.shards.format import shard_location
+from foundation.data.shards import read_split
 from foundation.train.config import parse_duration
-
-
-def _records(shard_dir: str, split: str):
-    manifest = read_manifest(shard_dir)
-    for entry in manifest["shards"][split]:
-        for sample in tarfile_samples([{"url": shard_location(manifest["base"], entry["file"])}]):
-            yield decode_record(sample)
 
 
 def write_split(shard_dir: str, target: str, out: Path) -> dict[str, int]:
@@ -61,7 +52,7 @@ def write_split(shard_dir: str, target: str, out: Path) -> dict[str, int]:
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(str(atom_init), folder / "atom_init.json")
         rows = []
-        for k, crystal in enumerate(_records(shard_dir, split)):
+        for k, crystal in enumerate(read_split(shard_dir, split)):
             if target not in crystal.targets:
                 continue
             cif_id = f"r{k:06d}"

@@ -1,8 +1,8 @@
 """Where two or more exports' errors differ on one split: the MAE, the median absolute error and the
 MAE without each model's k worst structures, on the same records, and the structures missed most.
 
-A 320-structure test split of a heavy-tailed property (log10 of a modulus: near-unstable cells with
-G or K near zero) moves its MAE with a handful of structures; this says whether two models differ on
+A 320-structure test split of a heavy-tailed property (log10 of a modulus: a few soft cells missed
+by a factor of several) moves its MAE with a handful of structures; this says whether two models differ on
 the typical structure or on the tail. It only reads: use it after the test split was scored once.
 
     python bench/errors.py work/acc/log_kvrh/all/ours work/acc/log_kvrh/all/cgcnn \
@@ -14,30 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import tarfile
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from foundation.api import load_model
-from foundation.data.shards.format import decode_record
-
-
-def read_split(shards: Path, split: str) -> list:
-    """The crystals of `<shards>/<split>-*.tar`, in file order (the shard format's members grouped
-    by key, as webdataset does; read with tarfile so the order is the file's)."""
-    crystals = []
-    for path in sorted(shards.glob(f"{split}-*.tar")):
-        samples: dict[str, dict] = defaultdict(dict)
-        with tarfile.open(path) as tar:
-            for member in tar.getmembers():
-                key, _, suffix = member.name.partition(".")
-                samples[key][suffix] = tar.extractfile(member).read()
-        crystals += [decode_record({"__key__": key, **members}) for key, members in samples.items()]
-    if not crystals:
-        raise SystemExit(f"no {split}-*.tar records under {shards}")
-    return crystals
+from foundation.data.shards import read_split
 
 
 def summarise(errors: np.ndarray, drop: int) -> dict:
@@ -58,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     crystals = [c for c in read_split(args.shards, args.split) if args.task in c.targets]
+    if not crystals:
+        raise SystemExit(f"no {args.split} record under {args.shards} has the label {args.task!r}")
     labels = np.array([float(c.targets[args.task]) for c in crystals])
     rows = {}
     for export in args.exports:

@@ -43,9 +43,9 @@ model's 64-wide crystal feature vector) and composition (element fractions, 1-94
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -214,21 +214,6 @@ def pretrain_ablations(args) -> dict:
 
 
 # -- frozen features ------------------------------------------------------------------------------
-def _split_records(shard_dir: Path, split: str) -> list:
-    """Every record of `split` in a shard directory, in shard order (tar members: npy and JSON only)."""
-    from foundation.data.shards import decode_record, read_manifest
-
-    manifest, records = read_manifest(shard_dir), []
-    for entry in manifest["shards"][split]:
-        with tarfile.open(Path(shard_dir) / entry["file"]) as tar:
-            samples: dict[str, dict] = {}
-            for member in tar.getmembers():
-                key, _, suffix = member.name.partition(".")
-                samples.setdefault(key, {"__key__": key})[suffix] = tar.extractfile(member).read()
-        records += [decode_record(s) for s in samples.values()]
-    return records
-
-
 def _shards_of(task: str, args) -> Path:
     """The task's full-size shard directory (a 1-step fine-tune builds it if no earlier run did)."""
     for summary in sorted((ROOT / args.work / task / "all").glob("*/summary.json")):
@@ -280,6 +265,7 @@ def _fit_score(name: str, train: tuple, test: tuple, seed: int, key: str = "test
 
 def features(args) -> dict:
     from foundation import load_encoder
+    from foundation.data.shards import read_split
 
     target_of = {"log_kvrh": "log10_bulk_modulus", "log_gvrh": "log10_shear_modulus", "perovskites": "formation_energy",
                  "dcdft": "log10_bulk_modulus"}
@@ -289,7 +275,7 @@ def features(args) -> dict:
     split, key = args.split, f"{args.split}_mae"  # "val": choose features without the test split
     for task in args.tasks:
         shards = _shards_of(task, args)
-        data = {s: _split_records(shards, s)[:args.limit] for s in ("train", split)}
+        data = {s: list(itertools.islice(read_split(shards, s), args.limit)) for s in ("train", split)}
         target = target_of[task]
         y = {s: np.array([float(c.targets[target]) for c in cs]) for s, cs in data.items()}
         extractors = {"ours_blocks": lambda cs: encoder.embed(cs, "blocks", batch_size=128),

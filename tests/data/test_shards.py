@@ -13,7 +13,7 @@ from foundation.data.crystal import Crystal
 from foundation.data.records import Reject
 from foundation.data.shards.format import decode_record
 from foundation.cli.shard import cli_main
-from foundation.data.shards import SplitRule, dataset_statistics, read_manifest, sha256_file, write_shards
+from foundation.data.shards import SplitRule, dataset_statistics, read_manifest, read_split, sha256_file, write_shards
 from foundation.data.validate import validate
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -76,6 +76,13 @@ def test_real_file_round_trip_is_exact(tmp_path, path):
     assert manifest["sources"][0]["files"][0]["sha256"] == sha256_file(path)
     train_atoms = sum(c.n_atoms for split, c in found.values() if split == "train")
     assert sum(s["atoms"] for s in manifest["shards"]["train"]) == train_atoms == c["splits"]["train"]["atoms"]
+    for split in ("train", "val", "test"):  # read_split: a whole split through our reader, the same records
+        records_of_split = list(read_split(tmp_path, split))
+        assert sorted(r.key for r in records_of_split) == sorted(k for k, (s, _) in found.items() if s == split)
+        for record in records_of_split:
+            assert_same(record, found[record.key][1])
+    with pytest.raises(ValueError, match="no split 'valid'"):
+        next(read_split(tmp_path, "valid"))
 
 
 def crystal(numbers, positions, cell=8.0, key="x", source="syn", **targets) -> Crystal:

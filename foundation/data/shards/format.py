@@ -20,15 +20,17 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from webdataset.tariterators import tarfile_samples
 
 from ..crystal import Crystal
 from .remote import fetch
 
-__all__ = ["FORMAT", "VERSION", "encode_record", "decode_record", "read_manifest", "open_url",
+__all__ = ["FORMAT", "VERSION", "encode_record", "decode_record", "read_manifest", "read_split", "open_url",
            "is_url", "shard_location"]
 
 FORMAT = "foundation-shards"
@@ -139,6 +141,18 @@ def read_manifest(location: str | Path) -> dict[str, Any]:
     }
     manifest["base"] = base
     return manifest
+
+
+def read_split(location: str | Path, split: str) -> Iterator[Crystal]:
+    """Every record of `split` ("train", "val" or "test") of a shard directory or URL, decoded, in
+    the manifest's shard order: a split read whole (evaluation, deduplication, benchmarks), where
+    training streams it (`build_loader`)."""
+    manifest = read_manifest(location)
+    if split not in manifest["shards"]:
+        raise ValueError(f"{manifest['base']}: no split {split!r} (the manifest has {sorted(manifest['shards'])})")
+    for entry in manifest["shards"][split]:
+        for sample in tarfile_samples([{"url": shard_location(manifest["base"], entry["file"])}]):
+            yield decode_record(sample)
 
 
 def read_sizes(manifest: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:

@@ -28,14 +28,13 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 from tqdm import tqdm
-from webdataset.tariterators import tarfile_samples
 
 from ..._version import __version__
 from ..crystal import Crystal
 from ..fingerprint import DuplicateIndex, fingerprint
 from ..records import Reject
 from ..validate import ValidationConfig
-from .format import FORMAT, SPLITS, VERSION, decode_record, encode_record, read_manifest, shard_location
+from .format import FORMAT, SPLITS, VERSION, encode_record, read_manifest, read_split
 from .prepare import prepare_records
 from .statistics import LabelAccumulator, dataset_statistics, summarize
 
@@ -311,13 +310,10 @@ def _reference_index(dirs: tuple[str, ...]):
     """A DuplicateIndex holding every record of the shard directories `dirs` (all splits)."""
     index, origin = DuplicateIndex(), {}
     for d in dirs:
-        manifest = read_manifest(d)
-        for entries in manifest["shards"].values():
-            for entry in entries:
-                for sample in tarfile_samples([{"url": shard_location(manifest["base"], entry["file"])}]):
-                    crystal = decode_record(sample)
-                    index.add(crystal.key, crystal, fingerprint(crystal), crystal.source)
-                    origin[crystal.key] = str(d)
+        for split in read_manifest(d)["shards"]:
+            for crystal in read_split(d, split):
+                index.add(crystal.key, crystal, fingerprint(crystal), crystal.source)
+                origin[crystal.key] = str(d)
     return index, origin
 
 
