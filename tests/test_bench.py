@@ -55,7 +55,7 @@ def _accuracy_result(models: dict[str, float], n_train: int) -> dict:
     return {"tasks": {"mp_e_form": {"splits": {"train": n_train}, "models": {m: {"test_mae": v} for m, v in models.items()}}}}
 
 
-def test_accuracy_plot_merges_learning_curves_with_a_plain_run(tmp_path):
+def test_accuracy_plot_merges_learning_curves_with_a_plain_run(tmp_path, bench_script):
     """`accuracy.py --plot` draws earlier runs together: a learning-curve file and a single-size run
     (its size "all"), models of one size merged across files; no training."""
     curves = {"learning_curves": {"500": _accuracy_result({"ours": 0.2, "cgcnn": 0.3}, 500)}}
@@ -63,7 +63,7 @@ def test_accuracy_plot_merges_learning_curves_with_a_plain_run(tmp_path):
     (tmp_path / "ours_all.json").write_text(json.dumps(_accuracy_result({"ours": 0.06}, 26538)))
     (tmp_path / "cgcnn_all.json").write_text(json.dumps(_accuracy_result({"cgcnn": 0.08}, 26538)))
     files = [str(tmp_path / f) for f in ("curves.json", "ours_all.json", "cgcnn_all.json")]
-    accuracy = _accuracy_module()
+    accuracy = bench_script("accuracy")
     by_size = accuracy.merged(files)
     assert set(by_size) == {"500", "all"}
     assert by_size["all"]["tasks"]["mp_e_form"]["models"] == {"ours": {"test_mae": 0.06}, "cgcnn": {"test_mae": 0.08}}
@@ -71,25 +71,16 @@ def test_accuracy_plot_merges_learning_curves_with_a_plain_run(tmp_path):
     assert (tmp_path / "curves_all.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def _accuracy_module():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import accuracy  # the benchmark script, run here as a module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return accuracy
-
-
 def _seed_run(overrides: list[str], rows: dict[str, tuple[float, float]]) -> dict:
     return {"overrides": overrides, "tasks": {"log_kvrh": {"config": "configs/finetune/bulk_modulus.yaml", "models": {
         **{m: {"test_mae": t, "val_mae": v} for m, (t, v) in rows.items()}, "mean": {"test_mae": 0.3}}}}}
 
 
-def test_accuracy_seed_summary_means_spreads_and_ratios(tmp_path):
+def test_accuracy_seed_summary_means_spreads_and_ratios(tmp_path, bench_script):
     """`accuracy.py --combine`: runs of different seeds (a `seed=` override, else the task config's
     seed, 0) summarised per model: each seed's MAE, mean, sample std and the ratio of mean test MAEs
     to CGCNN on the same seeds; the same seed twice is refused."""
-    accuracy = _accuracy_module()
+    accuracy = bench_script("accuracy")
     seed0 = _seed_run(["add_element_features=true"], {"ours": (0.044, 0.052), "cgcnn": (0.055, 0.054)})
     seed1 = _seed_run(["seed=1"], {"ours": (0.051, 0.054), "cgcnn": (0.051, 0.060), "schnet": (0.06, 0.06)})
     summary = accuracy.seed_summary([seed0, seed1])["log_kvrh"]
@@ -111,10 +102,10 @@ def test_accuracy_seed_summary_means_spreads_and_ratios(tmp_path):
     assert doc["sources"] == paths and doc["summary"]["log_kvrh"]["ours"]["test_mean"] == pytest.approx(0.0475)
 
 
-def test_accuracy_seeds_run_each_seed_in_its_own_folder(tmp_path, monkeypatch):
+def test_accuracy_seeds_run_each_seed_in_its_own_folder(tmp_path, monkeypatch, bench_script):
     """`accuracy.py --seeds 0 2`: one run per seed, each with `seed=S` added to the config overrides
     and its own work folder, summarised together; a `seed=` in --args as well is refused."""
-    accuracy = _accuracy_module()
+    accuracy = bench_script("accuracy")
     calls = []
 
     def fake_run(tasks, models, budget, checkpoint, nproc, work, quick, size, extra):
@@ -137,15 +128,11 @@ def test_accuracy_seeds_run_each_seed_in_its_own_folder(tmp_path, monkeypatch):
         accuracy.main(["--seeds", "0", "--args", "seed=1", "--out", str(out)])
 
 
-def test_transfer_task_ablations_set_the_fine_tune_tasks():
+def test_transfer_task_ablations_set_the_fine_tune_tasks(bench_script):
     """`transfer.py ablations single|joint`: overrides that the config reader turns into the scored
     property alone, or it first (what early stopping and the scores follow) with the other elastic
     modulus second; `joint` on a task without another modulus stops before any run."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import transfer  # the benchmark script, run here as a module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    transfer = bench_script("transfer")
     from foundation.config import apply_overrides, load_yaml
 
     for task, other in transfer.OTHER_MODULUS.items():

@@ -4,8 +4,6 @@ each model's worst structures, on the split's records as the shards hold them.""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,20 +13,9 @@ from api_fixtures import make_export, perovskites
 from foundation.api import load_model
 from foundation.data.shards import read_split, write_shards
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _errors_module():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import errors  # the benchmark script, run here as a module
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return errors
-
-
-def test_errors_scores_each_export_on_the_split(export64, tmp_path):
-    errors = _errors_module()
+def test_errors_scores_each_export_on_the_split(export64, tmp_path, bench_script):
+    errors = bench_script("errors")
     crystals = perovskites(24)
     manifest = write_shards(crystals, tmp_path / "shards", fractions=(0.5, 0.25, 0.25))
     test = list(read_split(tmp_path / "shards", "test"))
