@@ -91,6 +91,7 @@ def _scalar_channels(irreps: o3.Irreps) -> list[int]:
     return [i for (_, ir), sl in zip(irreps, irreps.slices()) if ir == o3.Irrep("0e") for i in range(sl.start, sl.stop)]
 
 
+@torch.compiler.disable  # reads a value to the host: under torch.compile it runs eager, between graphs
 def check_species(numbers: torch.Tensor, config: ModelConfig) -> None:
     if numbers.numel() and int(numbers.max()) > config.max_atomic_number:
         raise ValueError(f"atomic number {int(numbers.max())} > max_atomic_number {config.max_atomic_number}")

@@ -128,6 +128,9 @@ class InteractionBlock(nn.Module):
             raise ValueError(f"avg_num_neighbors must be > 0, got {avg_num_neighbors}")
         self.n_basis = int(n_basis)
         self.norm = float(avg_num_neighbors) ** -0.5
+        # The input width as a plain int: torch.compile guards on what forward reads, and its
+        # guard on an e3nn Irreps calls len(), which Irreps refuses.
+        self.dim_in = int(self.irreps_in.dim)
 
         self.gate = gate_for(self.irreps_out)
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
@@ -151,9 +154,9 @@ class InteractionBlock(nn.Module):
 
     def forward(self, node_feats, edge_sh, edge_radial, edge_index, graph=None, n_graphs: int = 0) -> torch.Tensor:
         """`graph` [n_atoms] (each atom's structure) and `n_graphs`: needed with the structure context."""
-        if node_feats.shape[-1] != self.irreps_in.dim:
+        if node_feats.shape[-1] != self.dim_in:
             raise ValueError(
-                f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.irreps_in.dim} "
+                f"node_feats last dim {node_feats.shape[-1]} != irreps_in.dim {self.dim_in} "
                 f"({self.irreps_in})"
             )
         receiver, sender = edge_index[0], edge_index[1]

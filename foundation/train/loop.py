@@ -47,21 +47,39 @@ class Objective(nn.Module):
     "Received data size doesn't match"; NCCL hangs). ZeRO-0 fills such gradients with zeros itself.
     `position_noise` (Å): in training, every atom is displaced by a fresh N(0, σ²) per axis before
     the forward pass (RunConfig.position_noise); evaluation sees the true positions.
+    `compile`: training forwards run the model through `torch.compile` (dynamic shapes: batches
+    differ in atoms and edges; RunConfig.compile). Evaluation stays eager. The compiled function
+    belongs to this object's own model: a deep copy (the EMA's) compiles its own or runs eager,
+    never the original's weights. Not with force tasks: compiled graphs have no double backward.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, touch_all_parameters: bool = False,
-                 position_noise: float = 0.0):
+                 position_noise: float = 0.0, compile: bool = False):
         super().__init__()
         self.model = model
         self.loss = loss
         self.touch_all_parameters = touch_all_parameters
         self.position_noise = position_noise
+        self.compile = compile
+        self._compiled: tuple[int, Any] | None = None  # (id of the model it was made for, compiled forward)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # copies (the EMA's) compile their own model, if they train
+        return state
+
+    def _model_forward(self, batch):
+        if not (self.compile and self.training):
+            return self.model(batch)
+        if self._compiled is None or self._compiled[0] != id(self.model):
+            self._compiled = (id(self.model), torch.compile(self.model, dynamic=True))
+        return self._compiled[1](batch)
 
     def forward(self, batch) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
         if self.position_noise and self.training:
             noise = torch.randn_like(batch.positions) * self.position_noise  # [n_atoms, 3] Å
             batch = replace(batch, positions=batch.positions + noise)
-        preds = self.model(batch)
+        preds = self._model_forward(batch)
         loss, logs = self.loss(preds, batch)
         if self.touch_all_parameters and self.training:
             params = [p for p in self.parameters() if p.requires_grad]

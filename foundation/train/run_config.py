@@ -88,6 +88,10 @@ class RunConfig:
     # structure-level property sets; refused with force or other atom-level tasks, whose labels
     # belong to the true positions. 0: none.
     position_noise: float = 0.0
+    # train through torch.compile (dynamic shapes; bench/README.md, "Compiled training steps"):
+    # faster steps after a first compile of ~15-30 s per process. Evaluation stays eager. Refused
+    # with force tasks (a compiled graph has no double backward, which force training needs).
+    compile: bool = False
     max_steps: int | None = None
     epochs: float | None = None  # passes over the train split; with max_steps, the smaller wins
     # wall-clock budget of the training loop: seconds or "10m", "1h"; the run stops there, keeps its

@@ -25,7 +25,8 @@ from .loop import Objective
 from .loss import MultiTaskLoss
 from .rng import seed_everything
 
-__all__ = ["encoder_depth", "freeze_encoder", "lr_scales", "build_objective", "check_position_noise", "export_model"]
+__all__ = ["encoder_depth", "freeze_encoder", "lr_scales", "build_objective", "check_position_noise", "check_compile",
+           "export_model"]
 
 log = logging.getLogger("foundation.train")
 
@@ -72,6 +73,15 @@ def check_position_noise(noise: float, tasks) -> None:
                           "to the true positions); use it with structure-level tasks only")
 
 
+def check_compile(compile: bool, tasks) -> None:
+    """Refuse `compile` with force tasks: their loss differentiates the gradient of the energy
+    (create_graph), and a graph compiled by torch.compile has no double backward."""
+    forces = [t.name for t in tasks if t.forces_of is not None]
+    if compile and forces:
+        raise ConfigError(f"compile: tasks {forces} are forces (gradients of an energy), whose training needs a "
+                          "double backward that torch.compile does not provide; set compile: false")
+
+
 def build_objective(res, stats: Mapping[str, TaskStats]) -> Objective:
     """Model + loss, seeded (every rank starts from the same weights)."""
     cfg = res.config
@@ -100,8 +110,9 @@ def build_objective(res, stats: Mapping[str, TaskStats]) -> Objective:
              cfg.lr_decay, [t.name for t in res.tasks], res.kept or "none")
     loss = MultiTaskLoss(res.tasks, mode=cfg.loss, stats=stats, max_weight=cfg.max_task_weight)
     check_position_noise(cfg.position_noise, res.tasks)
+    check_compile(cfg.compile, res.tasks)
     return Objective(model, loss, touch_all_parameters=cfg.distributed.zero_stage in (1, 2),
-                     position_noise=cfg.position_noise)
+                     position_noise=cfg.position_noise, compile=cfg.compile)
 
 
 def export_model(res, evaluated: torch.nn.Module, best_state: dict[str, torch.Tensor] | None) -> FoundationModel:
