@@ -1,11 +1,12 @@
 """Speed beside real peer packages, in one process, on the same structures: inference atoms/s and
 peak memory of our encoder against CHGNet and SevenNet-0 (`pip install -e '.[bench]'`; a peer that
 is not installed gets the row "not installed"), scaling with atoms per cell (8 to 2,048), training
-atoms/s of ours on 1 and 2 processes through the real launcher, and the share of a training step
+atoms/s of ours on 1 and 2 processes through the real launcher, training steps eager and under
+torch.compile (`compile: true`) at 256-4,096-atom batches, and the share of a training step
 spent in reading, neighbour search, collation, forward, backward and the optimiser. Writes
 bench/results/speed.json.
 
-    python bench/speed.py                 # about 10 minutes on 2 cores
+    python bench/speed.py                 # about 7 minutes on 2 cores
     python bench/speed.py --quick         # a small slice (the test suite's run_all --quick)
 
 Every model computes energies and forces (forces by autograd), float32, `--threads` torch threads
@@ -168,6 +169,63 @@ def step_profile(model_name: str, crystals: list, batch_size: int, steps: int) -
             "seconds_per_step": total / steps, "share": {k: v / total for k, v in phases.items()}}
 
 
+def _batches(crystals: list, cutoff: float, max_atoms: int) -> list:
+    batches, chunk = [], []
+    for crystal in crystals:
+        if chunk and sum(c.n_atoms for c in chunk) + crystal.n_atoms > max_atoms:
+            batches.append(collate([neighbor_graph(c, cutoff) for c in chunk]))
+            chunk = []
+        chunk.append(crystal)
+    return batches
+
+
+def compiled_steps(model_name: str, crystals: list, sizes: list[int], steps: int,
+                   modes: tuple[str, ...] = ("eager", "compiled")) -> dict:
+    """Training atoms/s of one process (one thread, as each rank of a 2-process run) eager and under
+    `compile: true` (RunConfig.compile: the training forward through torch.compile, dynamic shapes),
+    on the same mp2018 formation-energy batches of each size in `sizes` (atoms per batch; a
+    structure-level task: compile refuses forces). One model per mode serves every size, so the
+    compiled one compiles once; the first two steps of each size are left out of its rate. `modes`:
+    the quick slice runs eager alone (a cold compile takes 30-50 s here; tests/model/test_compile.py
+    checks the compiled step)."""
+    from foundation.train.loop import Objective
+    from foundation.train.loss import MultiTaskLoss
+
+    config = from_dict(ModelConfig, load_yaml(ROOT / f"configs/model/{model_name}.yaml"))
+    task = TaskSpec.for_target("formation_energy_per_atom")
+    by_size = {size: _batches(crystals, config.cutoff, size) for size in sizes}
+    for size, batches in by_size.items():
+        if len(batches) < 3 or task.name not in batches[0].targets:
+            raise SystemExit(f"compiled_steps: too few {size}-atom batches with the label {task.name!r}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {"sizes": sizes, "steps": steps, "threads": 1}
+    for mode in modes:
+        torch.manual_seed(0)
+        objective = Objective(FoundationModel(config, [task]), MultiTaskLoss([task], mode="fixed"),
+                              compile=mode == "compiled").train()
+        optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-3)
+        out[mode] = {}
+        for size, batches in by_size.items():
+            times, atoms = [], 0
+            for i in range(steps + 2):
+                batch = batches[i % len(batches)]
+                t = time.perf_counter()
+                loss, _, _ = objective(batch)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                times.append(time.perf_counter() - t)
+                atoms += int(batch.n_atoms.sum()) if i >= 2 else 0
+            out[mode][str(size)] = {"first_two_steps_s": sum(times[:2]), "atoms_per_s": atoms / sum(times[2:])}
+    torch.set_num_threads(threads)
+    if "compiled" not in out or "eager" not in out:
+        return out
+    out["compiled_over_eager"] = {str(size): out["compiled"][str(size)]["atoms_per_s"] / out["eager"][str(size)]["atoms_per_s"]
+                                  for size in sizes}
+    return out
+
+
 def training_processes(model_name: str, budget: str, work: Path) -> dict:
     """Training atoms/s of ours through the real launcher (mp2018 formation energy) on 1 and 2 processes."""
     out = {}
@@ -211,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     cell = min(crystals, key=lambda c: (c.n_atoms != 8, c.n_atoms))
     result["scaling"] = scaling(models, cell, args.sizes, args.repeats)
     result["step_profile"] = step_profile(args.model, crystals, args.batch_size, 10 if args.quick else 40)
-    if not args.quick:
+    if args.quick:
+        result["compiled_steps"] = compiled_steps(args.model, crystals, [64], 2, modes=("eager",))
+    else:
+        mp = list(itertools.islice((c for c in readers.read(MP2018, "matbench") if isinstance(c, Crystal)), 8000))
+        result["compiled_steps"] = compiled_steps(args.model, mp, [256, 1024, 4096], 30)
         result["training_processes"] = training_processes(args.model, args.train_budget, ROOT / args.work)
     result["total_seconds"] = round(time.perf_counter() - start, 1)
     out = ROOT / args.out
@@ -227,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: {why}")
     print("step profile (share of a training step): " + ", ".join(
         f"{k} {v:.0%}" for k, v in result["step_profile"]["share"].items()))
+    if "compiled_over_eager" in result["compiled_steps"]:
+        c = result["compiled_steps"]
+        for size in c["sizes"]:
+            eager, compiled = c["eager"][str(size)], c["compiled"][str(size)]
+            print(f"training steps of {size} atoms, 1 thread: eager {eager['atoms_per_s']:.0f} atoms/s, compiled "
+                  f"{compiled['atoms_per_s']:.0f} ({c['compiled_over_eager'][str(size)]:.2f}x; first two steps "
+                  f"{compiled['first_two_steps_s']:.1f} s)")
     print(f"total {result['total_seconds']:.0f} s -> {out}")
     return 0
 
