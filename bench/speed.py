@@ -170,12 +170,14 @@ def step_profile(model_name: str, crystals: list, batch_size: int, steps: int) -
 
 
 def _batches(crystals: list, cutoff: float, max_atoms: int) -> list:
-    batches, chunk = [], []
+    """Consecutive full batches of at most `max_atoms` atoms (the last, partial one is left out)."""
+    batches, chunk, atoms = [], [], 0
     for crystal in crystals:
-        if chunk and sum(c.n_atoms for c in chunk) + crystal.n_atoms > max_atoms:
+        if chunk and atoms + crystal.n_atoms > max_atoms:
             batches.append(collate([neighbor_graph(c, cutoff) for c in chunk]))
-            chunk = []
+            chunk, atoms = [], 0
         chunk.append(crystal)
+        atoms += crystal.n_atoms
     return batches
 
 

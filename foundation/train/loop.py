@@ -61,7 +61,9 @@ class Objective(nn.Module):
         self.touch_all_parameters = touch_all_parameters
         self.position_noise = position_noise
         self.compile = compile
-        self._compiled: tuple[int, Any] | None = None  # (id of the model it was made for, compiled forward)
+        # (id of the model it was made for, compiled module): in a tuple, so the compiled wrapper is
+        # not registered as a submodule (its parameters would appear twice in the state dict)
+        self._compiled: tuple[int, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
