@@ -83,7 +83,11 @@ CANDIDATES = {
     "small, dropout 0.1": {**SMALL, "dropout": 0.1},
     "small, dropout 0.2": {**SMALL, "dropout": 0.2},
     "small, 32x0e+8x1o": {**SMALL, "hidden_irreps": "32x0e + 8x1o", "head_hidden": 32},  # fewer weights to overfit
+    # the twenty-fifth session (the moduli): the structure's packing (volume per atom, packing
+    # fraction, volume against the elemental solids'; foundation/nn/cell.py) on every atom
+    "small, cell features": {**SMALL, "cell_features": True},
     "cgcnn": CGCNN,
+    "cgcnn, cell features": {**CGCNN, "cell_features": True},
     "cgcnn, element features": {**CGCNN, "element_features": True},
 }
 

@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["element_descriptors", "DESCRIPTOR_NAMES"]
+__all__ = ["element_descriptors", "element_volumes", "DESCRIPTOR_NAMES"]
 
 _SCALARS = ("row", "group", "X", "atomic_radius", "average_ionic_radius", "atomic_mass", "ionization_energy",
             "electron_affinity", "mendeleev_no", "molar_volume", "melting_point")
@@ -80,4 +80,32 @@ def element_descriptors(max_z: int = 118) -> np.ndarray:
     table = (table - table.mean(axis=0)) / np.where(std > 0, std, 1.0)
     table = np.concatenate([np.zeros((1, table.shape[1])), table])
     table.setflags(write=False)  # cached: shared by every caller
+    return table
+
+
+@lru_cache(maxsize=4)
+def element_volumes(max_z: int = 118) -> np.ndarray:
+    """[max_z + 1, 2] float64, Å^3 per atom: the sphere of each species' atomic radius and its
+    element's solid (molar volume / Avogadro); pymatgen's values, missing ones the column's median.
+    Row 0 (no species) is zero. For `foundation.nn.cell`'s packing descriptors."""
+    from pymatgen.core.periodic_table import Element
+
+    per_atom = 1e24 / 6.02214076e23  # cm^3/mol -> Å^3 per atom
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for z in range(1, max_z + 1):
+            element = Element.from_Z(z)
+            values = []
+            for name in ("atomic_radius", "molar_volume"):
+                try:
+                    values.append(_number(getattr(element, name)))
+                except (AttributeError, ValueError, KeyError):
+                    values.append(math.nan)
+            radius, molar = values
+            rows.append([4.0 / 3.0 * math.pi * radius**3, molar * per_atom])
+    table = np.asarray(rows, dtype=np.float64)
+    table = np.where(np.isnan(table) | (table <= 0), np.nanmedian(np.where(table > 0, table, np.nan), axis=0), table)
+    table = np.concatenate([np.zeros((1, 2)), table])
+    table.setflags(write=False)
     return table

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from ..data.graph import Batch
 from .config import ModelConfig, building_dtype
+from ..nn.cell import CellDescriptors
 from ..nn.species import ElementDescriptors
 from .encoder import check_species, distance_edges, mean_pool, species_features
 
@@ -54,13 +55,14 @@ class CGCNNEncoder(nn.Module):
         with building_dtype(dtype):
             self.embedding = nn.Embedding(config.n_species, config.width)
             self.element_features = ElementDescriptors(config.n_species, config.width) if config.element_features else None
+            self.cell_features = CellDescriptors(config.n_species, config.width) if config.cell_features else None
             self.blocks = nn.ModuleList(CGConv(config.width, config.n_basis) for _ in range(config.n_layers))
 
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         check_species(batch.numbers, self.config)
         pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
         receiver, sender, _, basis = distance_edges(batch, pos, self.config)  # basis [n_kept, n_basis]
-        v = species_features(self, batch.numbers).to(pos.dtype)  # [n_atoms, w]
+        v = species_features(self, batch).to(pos.dtype)  # [n_atoms, w]
         for block in self.blocks:
             v = block(v, basis, receiver, sender)
         return {"node_invariants": v, "graph_features": mean_pool(v, batch.batch, batch.n_graphs)}

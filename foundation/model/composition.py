@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.graph import Batch
 from .config import ModelConfig, building_dtype
+from ..nn.cell import CellDescriptors
 from ..nn.species import ElementDescriptors
 from .encoder import check_species, mean_pool, species_features
 
@@ -30,12 +31,13 @@ class CompositionEncoder(nn.Module):
         with building_dtype(dtype):
             self.embedding = nn.Embedding(config.n_species, w)
             self.element_features = ElementDescriptors(config.n_species, w) if config.element_features else None
+            self.cell_features = CellDescriptors(config.n_species, w) if config.cell_features else None
             self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(2 * w, w), nn.SiLU()) for _ in range(config.n_layers))
 
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         check_species(batch.numbers, self.config)
         dtype = (batch.positions if positions is None else positions).dtype
-        h = species_features(self, batch.numbers).to(dtype)  # [n_atoms, w]
+        h = species_features(self, batch).to(dtype)  # [n_atoms, w]
         for block in self.blocks:
             context = mean_pool(h, batch.batch, batch.n_graphs).index_select(0, batch.batch)  # [n_atoms, w]
             h = h + block(torch.cat([h, context], dim=-1))

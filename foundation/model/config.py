@@ -66,6 +66,9 @@ class ModelConfig:
     # Every encoder: the periodic table's descriptors of each species (foundation/data/elements.py),
     # mapped linearly and added to the learned embedding (CGCNN's element features; zero at init).
     element_features: bool = False
+    # Every encoder: the structure's packing (volume per atom, packing fraction, volume against the
+    # elemental solids'; foundation/nn/cell.py), mapped linearly onto every atom (zero at init).
+    cell_features: bool = False
     head_hidden: int = 64  # hidden width of every task head's MLP
     # Dropout on the invariant features every head reads (training only; 0 = none): a regulariser
     # for the small, data-bound sets (on the moduli's 2,560 structures `small` overfits after its

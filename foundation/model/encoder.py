@@ -17,6 +17,7 @@ from ..nn.ewald import LatentEwald
 from ..nn.pooling import mean_pool
 from ..nn.interaction import InteractionBlock, check_irreps, normalize_irreps, reachable_irreps
 from ..nn.radial import RadialEmbedding
+from ..nn.cell import CellDescriptors
 from ..nn.species import ElementDescriptors
 from .config import ModelConfig, building_dtype
 
@@ -60,11 +61,16 @@ def nearest_shell_edges(receiver: torch.Tensor, length: torch.Tensor, k: int, to
     return length.detach() <= radius.index_select(0, receiver) + tol
 
 
-def species_features(encoder: nn.Module, numbers: torch.Tensor) -> torch.Tensor:
-    """An encoder's first atom features: its learned `embedding` of each species, plus its
-    `element_features` (the periodic table's descriptors, mapped) when it has them."""
-    h = encoder.embedding(numbers)
-    return h if encoder.element_features is None else h + encoder.element_features(numbers)
+def species_features(encoder: nn.Module, batch: Batch) -> torch.Tensor:
+    """An encoder's first atom features [n_atoms, width]: its learned `embedding` of each species,
+    plus its `element_features` (the periodic table's descriptors, mapped) and its `cell_features`
+    (the structure's packing, mapped; foundation/nn/cell.py) when it has them."""
+    h = encoder.embedding(batch.numbers)
+    if encoder.element_features is not None:
+        h = h + encoder.element_features(batch.numbers)
+    if encoder.cell_features is not None:
+        h = h + encoder.cell_features(batch.numbers, batch.cell, batch.pbc, batch.batch, batch.n_graphs)
+    return h
 
 
 def gaussian_basis(length: torch.Tensor, n: int, cutoff: float) -> torch.Tensor:
@@ -125,6 +131,7 @@ class Encoder(nn.Module):
         self.irreps_embed = o3.Irreps(f"{config.n_scalars}x0e")
         self.embedding = nn.Embedding(config.n_species, config.n_scalars)
         self.element_features = ElementDescriptors(config.n_species, config.n_scalars) if config.element_features else None
+        self.cell_features = CellDescriptors(config.n_species, config.n_scalars) if config.cell_features else None
         self.spherical_harmonics = o3.SphericalHarmonics(
             self.irreps_sh, normalize=True, normalization="component"
         )
@@ -175,7 +182,7 @@ class Encoder(nn.Module):
         edge_sh = self.spherical_harmonics(vec)  # [n_edges, irreps_sh.dim]
         edge_radial = self.radial(length)  # [n_edges, n_basis]
         # Standard-normal embedding rows, so the first block sees unit-variance scalars.
-        h = species_features(self, numbers).to(pos.dtype)  # [n_atoms, F] 0e
+        h = species_features(self, batch).to(pos.dtype)  # [n_atoms, F] 0e
         pooled = [mean_pool(h, batch.batch, n_graphs)]  # [n_graphs, F] per block
         ewald_energy = None
         for layer, block in enumerate(self.blocks):

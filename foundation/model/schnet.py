@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from ..data.graph import Batch
 from .config import ModelConfig, building_dtype
+from ..nn.cell import CellDescriptors
 from ..nn.species import ElementDescriptors
 from .encoder import check_species, distance_edges, mean_pool, species_features
 
@@ -57,6 +58,7 @@ class SchNetEncoder(nn.Module):
         with building_dtype(dtype):
             self.embedding = nn.Embedding(config.n_species, config.width)
             self.element_features = ElementDescriptors(config.n_species, config.width) if config.element_features else None
+            self.cell_features = CellDescriptors(config.n_species, config.width) if config.cell_features else None
             self.blocks = nn.ModuleList(Interaction(config.width, config.n_basis) for _ in range(config.n_layers))
 
     def forward(self, batch: Batch, positions: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -64,7 +66,7 @@ class SchNetEncoder(nn.Module):
         pos = batch.positions if positions is None else positions  # [n_atoms, 3] Å
         receiver, sender, length, basis = distance_edges(batch, pos, self.config)  # [n_kept], [n_kept, n_basis]
         envelope = 0.5 * (torch.cos(math.pi * length / self.config.cutoff) + 1.0)  # [n_kept]
-        x = species_features(self, batch.numbers).to(pos.dtype)  # [n_atoms, w]
+        x = species_features(self, batch).to(pos.dtype)  # [n_atoms, w]
         for block in self.blocks:
             x = block(x, basis, envelope, receiver, sender)
         return {"node_invariants": x, "graph_features": mean_pool(x, batch.batch, batch.n_graphs)}
