@@ -180,6 +180,8 @@ def _model(cfg: RunConfig) -> tuple[ModelConfig, FoundationModel | None, str | N
             config = from_dict(ModelConfig, load_yaml(config), f"model ({config})")
     if cfg.add_element_features:
         config = dataclasses.replace(config, element_features=True)
+    if cfg.add_cell_features:
+        config = dataclasses.replace(config, cell_features=True)
     return config, pretrained, where
 
 

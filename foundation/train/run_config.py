@@ -83,6 +83,9 @@ class RunConfig:
     # checkpoint's, zero-initialised (it computes as pretrained until trained); a fresh model's, as if
     # its config said so. In a task config, every model compared on the task gets them.
     add_element_features: bool = False
+    # the same for the cell descriptors (ModelConfig.cell_features: volume per atom, packing
+    # fraction, volume against the elemental solids'; foundation/nn/cell.py)
+    add_cell_features: bool = False
     # Å: the std of a Gaussian displacement added to every atom of every training batch (each
     # step draws anew; validation and test see the true positions). An augmentation for the small
     # structure-level property sets; refused with force or other atom-level tasks, whose labels

@@ -92,6 +92,9 @@ def build_objective(res, stats: Mapping[str, TaskStats]) -> Objective:
         if res.model.element_features and not res.pretrained.config.element_features:
             # add_element_features: the new input keeps its zero map and pymatgen's table.
             state.update({f"element_features.{k}": v for k, v in model.encoder.element_features.state_dict().items()})
+        if res.model.cell_features and not res.pretrained.config.cell_features:
+            # add_cell_features: likewise, a zero map and pymatgen's volumes.
+            state.update({f"cell_features.{k}": v for k, v in model.encoder.cell_features.state_dict().items()})
         try:
             model.encoder.load_state_dict(state, strict=True)
         except RuntimeError as exc:

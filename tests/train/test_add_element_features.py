@@ -43,3 +43,21 @@ def test_a_fresh_model_gets_them_too():
     fresh = {k: v for k, v in _cfg(add_element_features=True).items() if k != "checkpoint"}
     res = validate(config_from_mapping({**fresh, "model": str(ROOT / "configs/model/cgcnn.yaml")}, "finetune"))
     assert res.pretrained is None and res.model.encoder == "cgcnn" and res.model.element_features
+
+
+def test_added_cell_descriptors_start_from_the_pretrained_features():
+    """`add_cell_features` does the same for the cell descriptors (foundation/nn/cell.py)."""
+    res = validate(config_from_mapping(_cfg(add_cell_features=True, add_element_features=True), "finetune"))
+    assert res.model.cell_features and not res.pretrained.config.cell_features
+    model = build_objective(res, {"band_gap": TaskStats((1.0,), (1.0,))}).model.eval()
+    assert not model.encoder.cell_features.linear.weight.any()
+    assert model.encoder.cell_features.volumes[1:].all()
+    rock_salt = Crystal([11, 17], [[0.0, 0.0, 0.0], [2.82, 2.82, 2.82]], 5.64 * (1 - torch.eye(3).numpy()) / 2,
+                        [True, True, True], id="NaCl")
+    batch = collate([neighbor_graph(rock_salt, res.model.cutoff)])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder(batch)["graph_features"],
+                                   res.pretrained.encoder(batch)["graph_features"])
+    fresh = {k: v for k, v in _cfg(add_cell_features=True).items() if k != "checkpoint"}
+    res = validate(config_from_mapping({**fresh, "model": str(ROOT / "configs/model/cgcnn.yaml")}, "finetune"))
+    assert res.pretrained is None and res.model.cell_features and not res.model.element_features
