@@ -40,6 +40,14 @@ def _number(value) -> float:
     return x if math.isfinite(x) else math.nan
 
 
+def _property(element, name: str) -> float:
+    """pymatgen's value of `name` for `element` as a float, NaN where it has none."""
+    try:
+        return _number(getattr(element, name))
+    except (AttributeError, ValueError, KeyError):
+        return math.nan
+
+
 def _valence(structure: str) -> list[float]:
     """Electrons per subshell type outside the noble-gas core: "[Ar].3d6.4s2" -> s 2, p 0, d 6, f 0."""
     counts = dict.fromkeys("spdf", 0.0)
@@ -62,10 +70,7 @@ def element_descriptors(max_z: int = 118) -> np.ndarray:
             element = Element.from_Z(z)
             values = []
             for name in _SCALARS:
-                try:
-                    x = _number(getattr(element, name))
-                except (AttributeError, ValueError, KeyError):
-                    x = math.nan
+                x = _property(element, name)
                 values.append(math.log(x) if name in _LOG and x > 0 else x)
             values += [float(element.block == b) for b in "spdf"]
             try:
@@ -96,13 +101,7 @@ def element_volumes(max_z: int = 118) -> np.ndarray:
         warnings.simplefilter("ignore")
         for z in range(1, max_z + 1):
             element = Element.from_Z(z)
-            values = []
-            for name in ("atomic_radius", "molar_volume"):
-                try:
-                    values.append(_number(getattr(element, name)))
-                except (AttributeError, ValueError, KeyError):
-                    values.append(math.nan)
-            radius, molar = values
+            radius, molar = _property(element, "atomic_radius"), _property(element, "molar_volume")
             rows.append([4.0 / 3.0 * math.pi * radius**3, molar * per_atom])
     table = np.asarray(rows, dtype=np.float64)
     table = np.where(np.isnan(table) | (table <= 0), np.nanmedian(np.where(table > 0, table, np.nan), axis=0), table)

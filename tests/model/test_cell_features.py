@@ -2,7 +2,8 @@
 elemental solids reach every atom through a map that starts at zero. The descriptors are checked
 against hand-computed values in float64, are the same for a rotated, permuted or repeated cell, are
 zero for structures that are not periodic in all directions, and a model with them stays invariant
-and round-trips through its state dict."""
+and round-trips through its state dict. That the map starts at zero and trains is tested with the
+element descriptors' (test_element_features.py)."""
 
 import dataclasses
 import math
@@ -20,7 +21,6 @@ from foundation.nn.cell import _CENTRE, _SCALE, cell_descriptors
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = from_dict(ModelConfig, load_yaml(ROOT / "configs/model/small.yaml"))
-CGCNN = from_dict(ModelConfig, load_yaml(ROOT / "configs/model/cgcnn.yaml"))
 CRYSTALS = [c for c in load_mp(max_atoms=6, limit=60) if len(set(c.numbers)) > 1][:3]
 TASKS = [TaskSpec.for_target("formation_energy_per_atom")]
 STATS = {"formation_energy_per_atom": TaskStats((-1.0,), (1.0,), {8: -2.0})}
@@ -72,21 +72,6 @@ def test_a_batch_gives_each_structure_its_own_row():
     rows = cell_descriptors(VOLUMES, numbers, cells, torch.ones(2, 3, dtype=torch.bool), batch, 2)
     torch.testing.assert_close(rows[0], _descriptors([11, 17], np.eye(3) * 3.0))
     torch.testing.assert_close(rows[1], _descriptors([14], np.eye(3) * 4.0))
-
-
-@pytest.mark.parametrize("base", [SMALL, CGCNN], ids=["small", "cgcnn"])
-def test_the_map_starts_at_zero_then_trains(base):
-    torch.manual_seed(0)
-    plain = FoundationModel(base, TASKS, STATS, dtype=torch.float64)
-    torch.manual_seed(0)
-    with_cell = FoundationModel(dataclasses.replace(base, cell_features=True), TASKS, STATS, dtype=torch.float64)
-    missing = with_cell.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert sorted(missing) == ["encoder.cell_features.linear.weight", "encoder.cell_features.volumes"]
-    batch = batch_of(CRYSTALS, base.cutoff)
-    out = with_cell(batch)["formation_energy_per_atom"]
-    torch.testing.assert_close(out, plain(batch)["formation_energy_per_atom"])
-    out.sum().backward()
-    assert with_cell.encoder.cell_features.linear.weight.grad.abs().max() > 0
 
 
 def test_a_model_with_them_is_invariant_and_round_trips():

@@ -37,18 +37,20 @@ def test_the_table_is_standardised_and_chemical():
 
 
 @pytest.mark.parametrize("base", [SMALL, CGCNN], ids=["small", "cgcnn"])
-def test_the_map_starts_at_zero_then_trains(base):
+@pytest.mark.parametrize("flag, buffer", [("element_features", "table"), ("cell_features", "volumes")])
+def test_the_map_starts_at_zero_then_trains(base, flag, buffer):
+    """The element descriptors and the cell descriptors (test_cell_features.py) alike."""
     torch.manual_seed(0)
     plain = FoundationModel(base, TASKS, STATS, dtype=torch.float64)
     torch.manual_seed(0)
-    with_table = FoundationModel(dataclasses.replace(base, element_features=True), TASKS, STATS, dtype=torch.float64)
+    with_table = FoundationModel(dataclasses.replace(base, **{flag: True}), TASKS, STATS, dtype=torch.float64)
     missing = with_table.load_state_dict(plain.state_dict(), strict=False).missing_keys
-    assert sorted(missing) == ["encoder.element_features.linear.weight", "encoder.element_features.table"]
+    assert sorted(missing) == [f"encoder.{flag}.linear.weight", f"encoder.{flag}.{buffer}"]
     batch = batch_of(CRYSTALS, base.cutoff)
     out = with_table(batch)["formation_energy_per_atom"]
     torch.testing.assert_close(out, plain(batch)["formation_energy_per_atom"])
     out.sum().backward()
-    assert with_table.encoder.element_features.linear.weight.grad.abs().max() > 0
+    assert getattr(with_table.encoder, flag).linear.weight.grad.abs().max() > 0
 
 
 def test_a_model_with_the_table_is_invariant_and_round_trips():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from foundation.data.crystal import Crystal
@@ -26,11 +27,16 @@ def _cfg(**over) -> dict:
             "tasks": [{"target": "band_gap"}], "max_steps": 5, **over}
 
 
-def test_added_descriptors_start_from_the_pretrained_features():
-    res = validate(config_from_mapping(_cfg(add_element_features=True), "finetune"))
-    assert res.model.element_features and not res.pretrained.config.element_features
+@pytest.mark.parametrize("flag", ["element_features", "cell_features"])
+def test_added_descriptors_start_from_the_pretrained_features(flag):
+    """`add_cell_features` does for the cell descriptors (foundation/nn/cell.py) what
+    `add_element_features` does for the element descriptors."""
+    res = validate(config_from_mapping(_cfg(**{f"add_{flag}": True}), "finetune"))
+    assert getattr(res.model, flag) and not getattr(res.pretrained.config, flag)
     model = build_objective(res, {"band_gap": TaskStats((1.0,), (1.0,))}).model.eval()
-    assert not model.encoder.element_features.linear.weight.any()
+    assert not getattr(model.encoder, flag).linear.weight.any()
+    if flag == "cell_features":
+        assert model.encoder.cell_features.volumes[1:].all()  # pymatgen's volumes, not the zero map's
     rock_salt = Crystal([11, 17], [[0.0, 0.0, 0.0], [2.82, 2.82, 2.82]], 5.64 * (1 - torch.eye(3).numpy()) / 2,
                         [True, True, True], id="NaCl")
     batch = collate([neighbor_graph(rock_salt, res.model.cutoff)])
@@ -39,25 +45,10 @@ def test_added_descriptors_start_from_the_pretrained_features():
                                    res.pretrained.encoder(batch)["graph_features"])
 
 
-def test_a_fresh_model_gets_them_too():
-    fresh = {k: v for k, v in _cfg(add_element_features=True).items() if k != "checkpoint"}
+@pytest.mark.parametrize("flag, other", [("element_features", "cell_features"), ("cell_features", "element_features")])
+def test_a_fresh_model_gets_them_too(flag, other):
+    fresh = {k: v for k, v in _cfg(**{f"add_{flag}": True}).items() if k != "checkpoint"}
     res = validate(config_from_mapping({**fresh, "model": str(ROOT / "configs/model/cgcnn.yaml")}, "finetune"))
-    assert res.pretrained is None and res.model.encoder == "cgcnn" and res.model.element_features
+    assert res.pretrained is None and res.model.encoder == "cgcnn" and getattr(res.model, flag)
+    assert not getattr(res.model, other)
 
-
-def test_added_cell_descriptors_start_from_the_pretrained_features():
-    """`add_cell_features` does the same for the cell descriptors (foundation/nn/cell.py)."""
-    res = validate(config_from_mapping(_cfg(add_cell_features=True, add_element_features=True), "finetune"))
-    assert res.model.cell_features and not res.pretrained.config.cell_features
-    model = build_objective(res, {"band_gap": TaskStats((1.0,), (1.0,))}).model.eval()
-    assert not model.encoder.cell_features.linear.weight.any()
-    assert model.encoder.cell_features.volumes[1:].all()
-    rock_salt = Crystal([11, 17], [[0.0, 0.0, 0.0], [2.82, 2.82, 2.82]], 5.64 * (1 - torch.eye(3).numpy()) / 2,
-                        [True, True, True], id="NaCl")
-    batch = collate([neighbor_graph(rock_salt, res.model.cutoff)])
-    with torch.no_grad():
-        torch.testing.assert_close(model.encoder(batch)["graph_features"],
-                                   res.pretrained.encoder(batch)["graph_features"])
-    fresh = {k: v for k, v in _cfg(add_cell_features=True).items() if k != "checkpoint"}
-    res = validate(config_from_mapping({**fresh, "model": str(ROOT / "configs/model/cgcnn.yaml")}, "finetune"))
-    assert res.pretrained is None and res.model.cell_features and not res.model.element_features
