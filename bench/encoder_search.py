@@ -86,6 +86,10 @@ CANDIDATES = {
     # the twenty-fifth session (the moduli): the structure's packing (volume per atom, packing
     # fraction, volume against the elemental solids'; foundation/nn/cell.py) on every atom
     "small, cell features": {**SMALL, "cell_features": True},
+    # the twenty-sixth session: the edge weights gated by both atoms' scalars (CGCNN's pair dependence)
+    "small, pair gate 32": {**SMALL, "pair_hidden": 32},
+    "small, pair gate 64": {**SMALL, "pair_hidden": 64},
+    "small, pair gate on the radial layer": {**SMALL, "pair_hidden": 32, "pair_radial": True},
     "cgcnn": CGCNN,
     "cgcnn, cell features": {**CGCNN, "cell_features": True},
     "cgcnn, element features": {**CGCNN, "element_features": True},

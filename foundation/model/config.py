@@ -55,6 +55,10 @@ class ModelConfig:
     n_layers: int = 3  # interaction blocks
     radial_hidden: tuple[int, ...] = (64,)  # hidden widths of each block's radial MLP
     avg_num_neighbors: float = 20.0  # neighbour sums are divided by its square root
+    # Width of each block's pair gate: the edge weights depend on both atoms' scalars, not only on
+    # the distance (CGCNN's gated convolution; foundation/nn/interaction.py). 0 = none.
+    pair_hidden: int = 0
+    pair_radial: bool = False  # the gate (no W₂) on the radial MLP's last hidden layer instead: cheaper
     context: bool = False  # every block mixes each atom's scalars with its structure's mean (interaction.py)
     # The last block makes only its 0e channels (as MACE's last layer): nothing after it reads
     # vectors (heads read invariants; forces and stress are gradients), so its l > 0 messages
@@ -88,6 +92,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.pair_hidden < 0:
+            raise ValueError(f"pair_hidden must be >= 0 (0 disables), got {self.pair_hidden}")
         if self.max_neighbors < 0:
             raise ValueError(f"max_neighbors must be >= 0 (0 keeps all), got {self.max_neighbors}")
         if self.cutoff_p < 2:

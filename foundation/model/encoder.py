@@ -146,7 +146,8 @@ class Encoder(nn.Module):
             block = InteractionBlock(
                 irreps, reachable_irreps(irreps, self.irreps_sh, wanted), self.irreps_sh,
                 config.n_basis, config.radial_hidden,
-                config.avg_num_neighbors, context=config.context,
+                config.avg_num_neighbors, context=config.context, pair_hidden=config.pair_hidden,
+                pair_radial=config.pair_radial,
             )
             check_irreps(irreps, block.irreps_in, f"interaction block {layer} input")
             self.blocks.append(block)

@@ -8,6 +8,16 @@ One block maps node features h (irreps_in) to new features (irreps_out):
     h'_i     = Gate(Linear(a_i)) + SelfConnection(h_i)              # [n_atoms, irreps_out]
     s'_i     = s_i + SiLU(W [s_i, mean_{k in graph(i)} s_k])         # optional structure context
 
+The optional pair gate (`pair_hidden > 0`) makes the per-edge weights depend on both atoms of the
+edge, as CGCNN's gated convolution does (its message is a nonlinear function of h_i, h_j and the
+bond), where otherwise they depend on the distance alone:
+
+    w_ij     = MLP(radial(|r_ij|)) ⊙ (1 + W₂ SiLU(A s_i + B s_j + b))   # s: the input's 0e channels
+
+W₂ starts at zero, so a block with the gate computes what one without it computes until training
+moves it; the weights still vanish at the cutoff (the radial MLP's do, and the gate multiplies
+them), and the gate reads invariants only, so equivariance is untouched.
+
 The optional structure context (`context=True`) mixes each atom's scalars s (the 0e channels of
 h') with their mean over its structure, as the composition baseline does: a cheap, nonlinear
 path from the whole composition to every atom that message passing within the cutoff would need
@@ -30,7 +40,7 @@ from torch import nn
 from .pooling import mean_pool
 from .products import l1_product
 
-__all__ = ["InteractionBlock", "gate_for", "check_irreps", "normalize_irreps", "reachable_irreps"]
+__all__ = ["InteractionBlock", "PairGate", "gate_for", "check_irreps", "normalize_irreps", "reachable_irreps"]
 
 
 def normalize_irreps(irreps) -> o3.Irreps:
@@ -90,6 +100,28 @@ def _tensor_product(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, targets: o3.Irre
     return tp, mid_sorted
 
 
+class PairGate(nn.Module):
+    """Per-edge factors from both atoms' scalars: 1 + W₂ SiLU(A s_receiver + B s_sender + b), or
+    with `n_out=0` (no W₂) 1 + SiLU(A s_receiver + B s_sender), A and B starting at zero.
+
+    forward(scalars [n_atoms, n_scalars], receiver [n_edges], sender [n_edges]) -> [n_edges, n_out
+    or hidden]. A and B act on atoms (n_atoms rows), not edges; the factor starts at 1.
+    """
+
+    def __init__(self, n_scalars: int, hidden: int, n_out: int):
+        super().__init__()
+        self.hidden = int(hidden)
+        self.project = nn.Linear(n_scalars, 2 * self.hidden, bias=n_out > 0)  # [A; B] (and b)
+        self.out = nn.Linear(self.hidden, n_out, bias=False) if n_out else None
+        nn.init.zeros_(self.project.weight if self.out is None else self.out.weight)
+
+    def forward(self, scalars: torch.Tensor, receiver: torch.Tensor, sender: torch.Tensor) -> torch.Tensor:
+        projected = self.project(scalars)  # [n_atoms, 2 hidden]
+        pair = projected[:, : self.hidden].index_select(0, receiver) + projected[:, self.hidden :].index_select(0, sender)
+        pair = torch.nn.functional.silu(pair)  # [n_edges, hidden]
+        return 1.0 + (pair if self.out is None else self.out(pair))
+
+
 class InteractionBlock(nn.Module):
     """Tensor-product convolution + gate + self-connection.
 
@@ -102,6 +134,7 @@ class InteractionBlock(nn.Module):
         radial_hidden: hidden widths of the radial MLP.
         avg_num_neighbors: the sum over neighbours is divided by its square root.
         context: add the structure-context update of the output scalars (needs `graph`).
+        pair_hidden: width of the pair gate on the edge weights (0: none; needs 0e input channels).
 
     forward(node_feats [n_atoms, irreps_in.dim], edge_sh [n_edges, irreps_sh.dim],
     edge_radial [n_edges, n_basis], edge_index [2, n_edges]) -> [n_atoms, irreps_out.dim].
@@ -117,6 +150,8 @@ class InteractionBlock(nn.Module):
         radial_hidden: tuple[int, ...] = (64,),
         avg_num_neighbors: float = 1.0,
         context: bool = False,
+        pair_hidden: int = 0,
+        pair_radial: bool = False,
     ):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -146,6 +181,16 @@ class InteractionBlock(nn.Module):
         check_irreps(self.linear_out.irreps_out, self.gate.irreps_in, "InteractionBlock gate input")
         check_irreps(self.self_connection.irreps_out, self.irreps_out, "InteractionBlock self-connection")
         self.n_scalars = self.irreps_out.count("0e")  # the 0e channels lead the normalised order
+        self.pair = None
+        if pair_hidden:
+            if self.irreps_in[0].ir != o3.Irrep("0e"):
+                raise ValueError(f"the pair gate needs 0e channels first in {self.irreps_in}")
+            self.n_scalars_in = self.irreps_in.count("0e")
+            self.pair_radial = bool(pair_radial)
+            if self.pair_radial:  # the factor multiplies the radial MLP's last hidden layer
+                self.pair = PairGate(self.n_scalars_in, radial_hidden[-1], 0)
+            else:
+                self.pair = PairGate(self.n_scalars_in, pair_hidden, self.tp.weight_numel)
         self.context = None
         if context:
             if self.irreps_out[0].ir != o3.Irrep("0e"):
@@ -161,7 +206,18 @@ class InteractionBlock(nn.Module):
             )
         receiver, sender = edge_index[0], edge_index[1]
         x = self.linear_in(node_feats)  # [n_atoms, irreps_in]
-        weights = self.radial_mlp(edge_radial)  # [n_edges, tp.weight_numel]
+        if self.pair is None:
+            weights = self.radial_mlp(edge_radial)  # [n_edges, tp.weight_numel]
+        else:
+            factor = self.pair(node_feats[:, : self.n_scalars_in], receiver, sender)
+            if self.pair_radial:
+                *layers, last = self.radial_mlp  # (slicing e3nn's FullyConnectedNet does not work)
+                hidden = edge_radial
+                for layer in layers:
+                    hidden = layer(hidden)  # [n_edges, radial_hidden[i]]
+                weights = last(hidden * factor)
+            else:
+                weights = self.radial_mlp(edge_radial) * factor
         product = self.tp if self.written_out is None else self.written_out
         messages = product(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
         agg = messages.new_zeros(node_feats.shape[0], messages.shape[1])

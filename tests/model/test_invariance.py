@@ -2,8 +2,8 @@
 inversion), translation, permutation, periodic images and the choice of lattice basis; intensive
 outputs equal and extensive ones 8x for a 2x2x2 supercell; forces rotate with the structure,
 follow permutations and equal finite differences of the energy. Real Materials Project cells,
-also cut into a slab (pbc T,T,F) and a cluster (no pbc). Two models: l <= 2 with latent Ewald blocks
-and the structure-context update (e3nn's tensor products), and the default CPU encoder
+also cut into a slab (pbc T,T,F) and a cluster (no pbc). Two models: l <= 2 with latent Ewald blocks,
+the structure-context update and the pair gate on the edge weights (e3nn's tensor products), and the default CPU encoder
 (`configs/model/small.yaml`: l <= 1 with the written-out product, a scalar-only last block)."""
 
 from pathlib import Path
@@ -25,7 +25,7 @@ SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "
 CONFIG = ModelConfig(
     cutoff=4.0, n_basis=6, lmax=2, hidden_irreps="8x0e + 2x0o + 4x1o + 2x1e + 2x2e", n_layers=2,
     radial_hidden=(8,), avg_num_neighbors=20.0, ewald_every=1, ewald_hidden=8,
-    ewald_accuracy=1e-12, head_hidden=8, context=True,
+    ewald_accuracy=1e-12, head_hidden=8, context=True, pair_hidden=8,
 )
 TASKS = [
     TaskSpec.for_target("energy"),
@@ -52,6 +52,9 @@ def model(request):
     m = FoundationModel(config, TASKS, stats, dtype=torch.float64)
     for ewald in m.encoder.ewald.values():  # the feedback starts at zero: make it act
         torch.nn.init.normal_(ewald.feedback_mlp[-1].weight, std=0.3)
+    for block in m.encoder.blocks:  # so does the pair gate
+        if block.pair is not None:
+            torch.nn.init.normal_(block.pair.out.weight, std=0.3)
     return m.eval()
 
 
