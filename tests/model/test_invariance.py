@@ -4,7 +4,8 @@ outputs equal and extensive ones 8x for a 2x2x2 supercell; forces rotate with th
 follow permutations and equal finite differences of the energy. Real Materials Project cells,
 also cut into a slab (pbc T,T,F) and a cluster (no pbc). Two models: l <= 2 with latent Ewald blocks,
 the structure-context update and the pair gate on the edge weights (e3nn's tensor products), and the default CPU encoder
-(`configs/model/small.yaml`: l <= 1 with the written-out product, a scalar-only last block)."""
+(`configs/model/small.yaml`: l <= 1 with the written-out product, a scalar-only last block, the pair
+gate on the radial layer)."""
 
 from pathlib import Path
 
@@ -54,7 +55,8 @@ def model(request):
         torch.nn.init.normal_(ewald.feedback_mlp[-1].weight, std=0.3)
     for block in m.encoder.blocks:  # so does the pair gate
         if block.pair is not None:
-            torch.nn.init.normal_(block.pair.out.weight, std=0.3)
+            zero_map = block.pair.project if block.pair.out is None else block.pair.out
+            torch.nn.init.normal_(zero_map.weight, std=0.3)
     return m.eval()
 
 

@@ -15,6 +15,7 @@ from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
 from foundation.nn.interaction import InteractionBlock, PairGate
 
 SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/small.yaml"))
+PLAIN = dataclasses.replace(SMALL, pair_hidden=0, pair_radial=False)
 CRYSTALS = [c for c in load_mp(max_atoms=6, limit=60) if len(set(c.numbers)) > 1][:4]
 TASKS = [TaskSpec.for_target("formation_energy_per_atom")]
 STATS = {"formation_energy_per_atom": TaskStats((-1.0,), (1.0,), {8: -2.0})}
@@ -22,8 +23,8 @@ STATS = {"formation_energy_per_atom": TaskStats((-1.0,), (1.0,), {8: -2.0})}
 
 def _models(radial):
     torch.manual_seed(3)
-    plain = FoundationModel(SMALL, TASKS, STATS, dtype=torch.float64)
-    config = dataclasses.replace(SMALL, pair_hidden=16, pair_radial=radial)
+    plain = FoundationModel(PLAIN, TASKS, STATS, dtype=torch.float64)
+    config = dataclasses.replace(PLAIN, pair_hidden=16, pair_radial=radial)
     gated = FoundationModel(config, TASKS, STATS, dtype=torch.float64)
     missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(".pair." in k for k in missing)
@@ -33,7 +34,7 @@ def _models(radial):
 @pytest.mark.parametrize("radial", [False, True], ids=["on the weights", "on the radial layer"])
 def test_the_gate_starts_as_the_identity_and_then_trains(radial):
     plain, gated = _models(radial)
-    batch = batch_of(CRYSTALS, SMALL.cutoff)
+    batch = batch_of(CRYSTALS, PLAIN.cutoff)
     key = "formation_energy_per_atom"
     torch.testing.assert_close(gated(batch)[key], plain(batch)[key], rtol=1e-12, atol=1e-12)
     gated(batch)[key].square().sum().backward()
