@@ -4,8 +4,7 @@ outputs equal and extensive ones 8x for a 2x2x2 supercell; forces rotate with th
 follow permutations and equal finite differences of the energy. Real Materials Project cells,
 also cut into a slab (pbc T,T,F) and a cluster (no pbc). Two models: l <= 2 with latent Ewald blocks,
 the structure-context update and the pair gate on the edge weights (e3nn's tensor products), and the default CPU encoder
-(`configs/model/small.yaml`: l <= 1 with the written-out product, a scalar-only last block, the pair
-gate on the radial layer)."""
+(`configs/model/small.yaml`: l <= 1 with the written-out product, a scalar-only last block)."""
 
 from pathlib import Path
 

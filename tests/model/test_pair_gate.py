@@ -1,14 +1,15 @@
 """The pair gate (`pair_hidden`): edge weights that depend on both atoms of the edge. A model with
 the gate computes what the same model without it computes until training moves the gate (its last
 map starts at zero), the gate then trains, and its weights vanish with the radial MLP's at the
-cutoff. Invariances, supercells and forces with the gate acting: test_invariance.py's l <= 2 model."""
+cutoff. Invariances, supercells and forces with the gate on the weights acting: test_invariance.py's
+l <= 2 model; with the gate on the radial layer: below."""
 
 import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import batch_of, load_mp
+from model_fixtures import batch_of, load_mp, rotated_permuted, supercell
 
 from foundation.config import from_dict, load_yaml
 from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
@@ -77,3 +78,16 @@ def test_a_bad_width_is_refused():
         dataclasses.replace(SMALL, pair_hidden=-1)
     with pytest.raises(ValueError, match="0e channels first"):
         InteractionBlock("2x1o", "2x1o + 2x0e", "1x0e + 1x1o", n_basis=4, pair_hidden=4)
+
+
+def test_the_radial_form_is_invariant_and_intensive():
+    _, gated = _models(radial=True)
+    for block in gated.encoder.blocks:
+        torch.nn.init.normal_(block.pair.project.weight, std=0.3)
+    gated.eval()
+    key = "formation_energy_per_atom"
+    with torch.no_grad():
+        for c in CRYSTALS[:2]:
+            p = gated(batch_of([c], PLAIN.cutoff))[key]
+            torch.testing.assert_close(gated(batch_of([rotated_permuted(c)], PLAIN.cutoff))[key], p, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(gated(batch_of([supercell(c)], PLAIN.cutoff))[key], p, rtol=1e-10, atol=1e-10)
