@@ -56,7 +56,8 @@ class ModelConfig:
     radial_hidden: tuple[int, ...] = (64,)  # hidden widths of each block's radial MLP
     avg_num_neighbors: float = 20.0  # neighbour sums are divided by its square root
     # Width of each block's pair gate: the edge weights depend on both atoms' scalars, not only on
-    # the distance (CGCNN's gated convolution; foundation/nn/interaction.py). 0 = none.
+    # the distance (CGCNN's gated convolution; foundation/nn/interaction.py). 0 = none. Measured on
+    # `small` and not adopted: faster early, level or worse at 10 minutes (bench/README.md, "The pair gate").
     pair_hidden: int = 0
     pair_radial: bool = False  # the gate (no W₂) on the radial MLP's last hidden layer instead: cheaper
     context: bool = False  # every block mixes each atom's scalars with its structure's mean (interaction.py)

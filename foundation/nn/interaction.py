@@ -13,8 +13,11 @@ edge, as CGCNN's gated convolution does (its message is a nonlinear function of 
 bond), where otherwise they depend on the distance alone:
 
     w_ij     = MLP(radial(|r_ij|)) ⊙ (1 + W₂ SiLU(A s_i + B s_j + b))   # s: the input's 0e channels
+    w_ij     = W_last(φ(|r_ij|) ⊙ (1 + SiLU(A s_i + B s_j)))           # `pair_radial`: φ the MLP's hidden layer
 
-W₂ starts at zero, so a block with the gate computes what one without it computes until training
+The second form costs no per-edge matrix product beyond the radial MLP's own (bench/README.md, "The
+pair gate": as fast as no gate, where the first costs 14 % of a step). W₂ (or, in the second form, A
+and B) starts at zero, so a block with the gate computes what one without it computes until training
 moves it; the weights still vanish at the cutoff (the radial MLP's do, and the gate multiplies
 them), and the gate reads invariants only, so equivariance is untouched.
 
@@ -135,6 +138,7 @@ class InteractionBlock(nn.Module):
         avg_num_neighbors: the sum over neighbours is divided by its square root.
         context: add the structure-context update of the output scalars (needs `graph`).
         pair_hidden: width of the pair gate on the edge weights (0: none; needs 0e input channels).
+        pair_radial: the gate on the radial MLP's last hidden layer (its width) instead of the weights.
 
     forward(node_feats [n_atoms, irreps_in.dim], edge_sh [n_edges, irreps_sh.dim],
     edge_radial [n_edges, n_basis], edge_index [2, n_edges]) -> [n_atoms, irreps_out.dim].
