@@ -190,8 +190,7 @@ class InteractionBlock(nn.Module):
             if self.irreps_in[0].ir != o3.Irrep("0e"):
                 raise ValueError(f"the pair gate needs 0e channels first in {self.irreps_in}")
             self.n_scalars_in = self.irreps_in.count("0e")
-            self.pair_radial = bool(pair_radial)
-            if self.pair_radial:  # the factor multiplies the radial MLP's last hidden layer
+            if pair_radial:  # the factor multiplies the radial MLP's last hidden layer (PairGate without W₂)
                 self.pair = PairGate(self.n_scalars_in, radial_hidden[-1], 0)
             else:
                 self.pair = PairGate(self.n_scalars_in, pair_hidden, self.tp.weight_numel)
@@ -214,7 +213,7 @@ class InteractionBlock(nn.Module):
             weights = self.radial_mlp(edge_radial)  # [n_edges, tp.weight_numel]
         else:
             factor = self.pair(node_feats[:, : self.n_scalars_in], receiver, sender)
-            if self.pair_radial:
+            if self.pair.out is None:  # the radial form
                 *layers, last = self.radial_mlp  # (slicing e3nn's FullyConnectedNet does not work)
                 hidden = edge_radial
                 for layer in layers:
