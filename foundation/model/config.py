@@ -63,7 +63,7 @@ class ModelConfig:
     context: bool = False  # every block mixes each atom's scalars with its structure's mean (interaction.py)
     # The last block makes only its 0e channels (as MACE's last layer): nothing after it reads
     # vectors (heads read invariants; forces and stress are gradients), so its l > 0 messages
-    # would be computed and discarded. Not with a LatentEwald block after the last block.
+    # would be computed and discarded. A LatentEwald block after it is fine: it reads and writes 0e only.
     scalar_last: bool = False
     ewald_every: int = 0  # a LatentEwald block after every k-th interaction block; 0 = none
     ewald_hidden: int = 16  # width of the LatentEwald charge and feedback MLPs
@@ -95,6 +95,10 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pair_hidden < 0:
             raise ValueError(f"pair_hidden must be >= 0 (0 disables), got {self.pair_hidden}")
+        if self.pair_radial and not self.pair_hidden:
+            # Otherwise `pair_radial: true` alone would silently build no gate at all.
+            raise ValueError("pair_radial: true needs pair_hidden > 0, which switches the gate on "
+                             "(the radial form's width is the radial MLP's last hidden width)")
         if self.max_neighbors < 0:
             raise ValueError(f"max_neighbors must be >= 0 (0 keeps all), got {self.max_neighbors}")
         if self.cutoff_p < 2:
@@ -103,9 +107,6 @@ class ModelConfig:
             raise ValueError(f"lmax must be >= 0, got {self.lmax}")
         if self.ewald_every < 0:
             raise ValueError(f"ewald_every must be >= 0 (0 disables), got {self.ewald_every}")
-        if self.scalar_last and self.ewald_every and self.n_layers % self.ewald_every == 0:
-            raise ValueError(f"scalar_last: the LatentEwald block after the last block (ewald_every "
-                             f"{self.ewald_every}, n_layers {self.n_layers}) reads its vectors; turn one off")
         if not 0 < self.ewald_accuracy < 1:
             raise ValueError(f"ewald_accuracy must be in (0, 1), got {self.ewald_accuracy}")
         if any(w < 1 for w in self.radial_hidden):

@@ -76,6 +76,8 @@ def test_the_gate_factor_reads_each_end_of_the_edge(n_out):
 def test_a_bad_width_is_refused():
     with pytest.raises(ValueError, match="pair_hidden"):
         dataclasses.replace(SMALL, pair_hidden=-1)
+    with pytest.raises(ValueError, match="pair_radial: true needs pair_hidden > 0"):
+        dataclasses.replace(SMALL, pair_hidden=0, pair_radial=True)  # not silently no gate
     with pytest.raises(ValueError, match="0e channels first"):
         InteractionBlock("2x1o", "2x1o + 2x0e", "1x0e + 1x1o", n_basis=4, pair_hidden=4)
 
