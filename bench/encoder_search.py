@@ -95,6 +95,9 @@ CANDIDATES = {
     # scalar-only last block stays) after the last block, or after both
     "small, Ewald, scalar last": {**SMALL, "ewald_every": 2},
     "small, Ewald after both blocks": {**SMALL, "ewald_every": 1},
+    # and a per-atom feed-forward update of each block's scalars (nonlinear depth without edge work)
+    "small, FFN 128": {**SMALL, "ffn_hidden": 128},
+    "small, FFN 256": {**SMALL, "ffn_hidden": 256},
     "cgcnn": CGCNN,
     "cgcnn, cell features": {**CGCNN, "cell_features": True},
     "cgcnn, element features": {**CGCNN, "element_features": True},

@@ -60,6 +60,9 @@ class ModelConfig:
     # `small` and not adopted: faster early, level or worse at 10 minutes (bench/README.md, "The pair gate").
     pair_hidden: int = 0
     pair_radial: bool = False  # the gate (no W₂) on the radial MLP's last hidden layer instead: cheaper
+    # Width of a per-atom feed-forward update of every block's output scalars, s + W₂ SiLU(W₁ s)
+    # (a transformer block's FFN; interaction.py); 0 = none. Per atom, so no edge work.
+    ffn_hidden: int = 0
     context: bool = False  # every block mixes each atom's scalars with its structure's mean (interaction.py)
     # The last block makes only its 0e channels (as MACE's last layer): nothing after it reads
     # vectors (heads read invariants; forces and stress are gradients), so its l > 0 messages
@@ -95,6 +98,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.pair_hidden < 0:
             raise ValueError(f"pair_hidden must be >= 0 (0 disables), got {self.pair_hidden}")
+        if self.ffn_hidden < 0:
+            raise ValueError(f"ffn_hidden must be >= 0 (0 disables), got {self.ffn_hidden}")
         if self.pair_radial and not self.pair_hidden:
             # Otherwise `pair_radial: true` alone would silently build no gate at all.
             raise ValueError("pair_radial: true needs pair_hidden > 0, which switches the gate on "

@@ -147,7 +147,7 @@ class Encoder(nn.Module):
                 irreps, reachable_irreps(irreps, self.irreps_sh, wanted), self.irreps_sh,
                 config.n_basis, config.radial_hidden,
                 config.avg_num_neighbors, context=config.context, pair_hidden=config.pair_hidden,
-                pair_radial=config.pair_radial,
+                pair_radial=config.pair_radial, ffn_hidden=config.ffn_hidden,
             )
             check_irreps(irreps, block.irreps_in, f"interaction block {layer} input")
             self.blocks.append(block)

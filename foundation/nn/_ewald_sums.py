@@ -78,10 +78,10 @@ def split_parameters(mode: int, n_atoms: int, measure: float, accuracy: float, a
     return alpha, s / alpha, 2.0 * s * alpha
 
 
-def _miller_half_space(recip: np.ndarray, k_max: float) -> np.ndarray:
-    """Integer m ≠ 0 with |2π m·recip| < k_max, one of each ±m pair. recip: [d, 3] rows b_i."""
-    # |m_i| = |k·a_i|/2π <= k_max |a_i| / 2π, with a_i the dual rows of recip.
-    dual = np.linalg.pinv(recip).T  # [d, 3]
+def _miller_half_space(recip: np.ndarray, dual: np.ndarray, k_max: float) -> np.ndarray:
+    """Integer m ≠ 0 with |2π m·recip| < k_max, one of each ±m pair. recip: [d, 3] rows b_i;
+    dual: [d, 3] the rows a_i with a_i·b_j = δ_ij in their plane (the periodic cell vectors)."""
+    # |m_i| = |k·a_i|/2π <= k_max |a_i| / 2π.
     bound = np.floor(k_max * np.linalg.norm(dual, axis=1) / (2 * math.pi)).astype(int)
     grids = np.meshgrid(*[np.arange(-b, b + 1) for b in bound], indexing="ij")
     m = np.stack([g.ravel() for g in grids], axis=1)  # [n, d]
@@ -160,14 +160,14 @@ def _plan_graph(g: int, p, q, c, periodic, accuracy: float, alpha, eps: float) -
             raise ValueError(f"graph {g}: periodic cell has zero volume ({volume:.3g} Å^3)")
         a, r_cut, k_max = split_parameters(3, n, volume, accuracy, alpha)
         i, j, shift = _real_pairs(p, c, periodic, r_cut)
-        return _GraphPlan(a, i, j, shift, _miller_half_space(np.linalg.inv(c).T, k_max), None)
+        return _GraphPlan(a, i, j, shift, _miller_half_space(np.linalg.inv(c).T, c, k_max), None)
     open_axis = int(np.flatnonzero(~periodic)[0])
     u, v, normal, area = _slab_frame(c, open_axis)
     if not area > 1e-6:
         raise ValueError(f"graph {g}: periodic plane of the slab has zero area")
     _check_slab_neutral(q, g, eps)
     a, r_cut, k_max = split_parameters(2, n, area, accuracy, alpha)
-    miller = _miller_half_space(np.linalg.inv(np.stack([c[u], c[v], normal])).T[:2], k_max)
+    miller = _miller_half_space(np.linalg.inv(np.stack([c[u], c[v], normal])).T[:2], c[[u, v]], k_max)
     # vesin needs a full-rank box; the open direction is never shifted, so any height works.
     box = c.copy()
     box[open_axis] = normal * (np.ptp(p @ normal) + 1.0)

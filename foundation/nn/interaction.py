@@ -7,6 +7,7 @@ One block maps node features h (irreps_in) to new features (irreps_out):
     a_i      = Σ_j m_ij / sqrt(avg_num_neighbors)                   # [n_atoms, irreps_mid]
     h'_i     = Gate(Linear(a_i)) + SelfConnection(h_i)              # [n_atoms, irreps_out]
     s'_i     = s_i + SiLU(W [s_i, mean_{k in graph(i)} s_k])         # optional structure context
+    s''_i    = s'_i + W₂ SiLU(W₁ s'_i)                                # optional feed-forward update
 
 The optional pair gate (`pair_hidden > 0`) makes the per-edge weights depend on both atoms of the
 edge, as CGCNN's gated convolution does (its message is a nonlinear function of h_i, h_j and the
@@ -26,6 +27,10 @@ h') with their mean over its structure, as the composition baseline does: a chea
 path from the whole composition to every atom that message passing within the cutoff would need
 many blocks to build. The mean is over a structure's atoms, so it is the same for a supercell, and
 it is invariant, so equivariance is untouched.
+
+The optional feed-forward update (`ffn_hidden > 0`) is a transformer block's FFN on the scalars:
+the only nonlinearities of a block are otherwise the gate and the context, and a per-atom MLP adds
+depth at no per-edge cost. It reads and writes invariants, so equivariance is untouched.
 
 The tensor product is "uvu" (each input channel keeps its own weight per path), its weights are
 per edge from a radial MLP with no biases, so a zero radial embedding (r ≥ r_c) gives a zero
@@ -156,6 +161,7 @@ class InteractionBlock(nn.Module):
         context: bool = False,
         pair_hidden: int = 0,
         pair_radial: bool = False,
+        ffn_hidden: int = 0,
     ):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -199,6 +205,12 @@ class InteractionBlock(nn.Module):
             if self.irreps_out[0].ir != o3.Irrep("0e"):
                 raise ValueError(f"structure context needs 0e channels first in {self.irreps_out}")
             self.context = nn.Sequential(nn.Linear(2 * self.n_scalars, self.n_scalars), nn.SiLU())
+        self.ffn = None
+        if ffn_hidden:
+            if self.irreps_out[0].ir != o3.Irrep("0e"):
+                raise ValueError(f"the feed-forward update needs 0e channels first in {self.irreps_out}")
+            self.ffn = nn.Sequential(nn.Linear(self.n_scalars, ffn_hidden), nn.SiLU(),
+                                     nn.Linear(ffn_hidden, self.n_scalars))
 
     def forward(self, node_feats, edge_sh, edge_radial, edge_index, graph=None, n_graphs: int = 0) -> torch.Tensor:
         """`graph` [n_atoms] (each atom's structure) and `n_graphs`: needed with the structure context."""
@@ -226,11 +238,14 @@ class InteractionBlock(nn.Module):
         agg = messages.new_zeros(node_feats.shape[0], messages.shape[1])
         agg = agg.index_add_(0, receiver, messages) * self.norm  # [n_atoms, irreps_mid]
         out = self.gate(self.linear_out(agg)) + self.self_connection(node_feats)  # [n_atoms, irreps_out]
-        if self.context is None:
+        if self.context is None and self.ffn is None:
             return out
-        if graph is None:
-            raise ValueError("InteractionBlock with context=True needs graph and n_graphs")
         scalars = out[:, : self.n_scalars]  # [n_atoms, F] 0e
-        mean = mean_pool(scalars, graph, n_graphs).index_select(0, graph)  # [n_atoms, F]
-        scalars = scalars + self.context(torch.cat([scalars, mean], dim=-1))
+        if self.context is not None:
+            if graph is None:
+                raise ValueError("InteractionBlock with context=True needs graph and n_graphs")
+            mean = mean_pool(scalars, graph, n_graphs).index_select(0, graph)  # [n_atoms, F]
+            scalars = scalars + self.context(torch.cat([scalars, mean], dim=-1))
+        if self.ffn is not None:
+            scalars = scalars + self.ffn(scalars)  # per atom: no edge work
         return torch.cat([scalars, out[:, self.n_scalars:]], dim=-1)
