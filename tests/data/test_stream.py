@@ -1,5 +1,5 @@
 """Streaming loader: exactly-once epochs over ranks and workers, equal batch counts, packing
-budgets, temperature mixing, corrupt shards, and resuming mid-epoch."""
+budgets, temperature mixing, corrupt shards, resuming mid-epoch, and graphs cached in memory."""
 
 import logging
 import multiprocessing as mp
@@ -16,7 +16,7 @@ from foundation.data import Crystal
 from foundation.data.graph import neighbor_graph
 from foundation.data.shards.packing import SourceSizes, mixture_counts, plan_epoch, worker_batches
 from foundation.data.shards import SplitRule, packing, write_shards
-from foundation.data.shards.stream import LoaderConfig, build_loader
+from foundation.data.shards.stream import GraphCache, LoaderConfig, build_loader
 
 ALL_TRAIN = SplitRule(fractions=(1.0, 0.0, 0.0))
 
@@ -249,3 +249,46 @@ def test_workers_read_in_windows_with_the_same_batches(tmp_path, monkeypatch):
     loader.set_epoch(1)
     assert [b.ids for b in loader] == one_window
     assert sorted(i for b in one_window for i in b) == sorted(f"synth:s{i}" for i in range(300))
+
+
+def _contents(loader, epoch):
+    return [(b.ids, b.positions.numpy().copy(), b.edge_index.numpy().copy()) for b in loader.batches(epoch)]
+
+
+def test_cached_graphs_give_the_same_batches_and_spare_the_shards(three_shards, tmp_path):
+    """cache_mib: every epoch's batches as without the cache; once cached, the shards are not read."""
+    copy = tmp_path / "copy"
+    shutil.copytree(three_shards, copy)
+    plain = build_loader({"synth": str(copy)}, "train", LoaderConfig(cutoff=4.0, max_atoms=30, shuffle_buffer=8))
+    cached = build_loader({"synth": str(copy)}, "train",
+                          LoaderConfig(cutoff=4.0, max_atoms=30, shuffle_buffer=8, cache_mib=1))
+    expected = {epoch: _contents(plain, epoch) for epoch in (0, 1, 2)}
+    first = _contents(cached, 0)
+    assert cached.cache.misses == 25 and cached.cache.hits == 0 and len(cached.cache.graphs) == 25
+    for tar in copy.glob("train-*.tar"):  # every record is cached: the shards are no longer needed
+        tar.write_bytes(b"\0" * tar.stat().st_size)
+    for epoch, got in [(0, first), (1, _contents(cached, 1)), (2, _contents(cached, 2))]:
+        assert len(got) == len(expected[epoch])
+        for (ids, pos, edges), (ids_e, pos_e, edges_e) in zip(got, expected[epoch]):
+            assert ids == ids_e
+            np.testing.assert_array_equal(pos, pos_e)
+            np.testing.assert_array_equal(edges, edges_e)
+    assert cached.cache.hits == 50 and cached.counters["missing_records"] == 0
+    assert cached.counters["corrupt_shards"] == 0
+
+
+def test_the_graph_cache_stops_at_its_budget():
+    graphs = [neighbor_graph(c, 4.0) for c in synthetic(4, seed=3)]
+    cache = GraphCache(max_bytes=sum(GraphCache.size(g) for g in graphs[:2]))
+    for i, g in enumerate(graphs):
+        cache.put((0, 0, i), g)
+    assert set(cache.graphs) == {(0, 0, 0), (0, 0, 1)} and cache.bytes == cache.max_bytes
+    assert cache.get((0, 0, 1)) is graphs[1] and cache.get((0, 0, 3)) is None
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+def test_a_cache_needs_the_main_process():
+    with pytest.raises(ValueError, match="cache_mib"):
+        LoaderConfig(cache_mib=-1)
+    with pytest.raises(ValueError, match="cache_mib=64 needs num_workers=0"):
+        LoaderConfig(cache_mib=64, num_workers=2)

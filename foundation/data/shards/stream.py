@@ -39,7 +39,7 @@ from .format import decode_record
 from .remote import FetchPolicy, ShardUnavailable, fetch
 from .sources import resolve_sources
 
-__all__ = ["LoaderConfig", "StreamConfig", "ShardLoader", "build_loader"]
+__all__ = ["GraphCache", "LoaderConfig", "StreamConfig", "ShardLoader", "build_loader"]
 
 log = logging.getLogger("foundation.data")
 
@@ -63,6 +63,12 @@ class LoaderConfig:
     retries: int = 4
     retry_backoff_s: float = 0.5
     verify_checksums: str = "remote"
+    # MiB of records with their neighbour graphs kept in memory across epochs, per loader (0: none).
+    # A cached record is neither read from its shard nor searched for neighbours again; records
+    # past the budget are read every epoch as without it. Only with num_workers 0 (a worker's
+    # memory ends with its epoch). For sets that fit in memory: mp2018's 26,538 train structures at
+    # 4 Å take ~500 MiB (bench/README.md, "Graphs cached in memory").
+    cache_mib: int = 0
 
     def fetch_policy(self) -> FetchPolicy:
         return FetchPolicy(retries=self.retries, backoff_s=self.retry_backoff_s, verify=self.verify_checksums)
@@ -76,6 +82,11 @@ class LoaderConfig:
             raise ValueError("num_workers >= 0, shuffle_buffer >= 1 and interleave >= 1 are required")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.cache_mib < 0:
+            raise ValueError(f"cache_mib must be >= 0 (0: no cache), got {self.cache_mib}")
+        if self.cache_mib and self.num_workers:
+            raise ValueError(f"cache_mib={self.cache_mib} needs num_workers=0 (got {self.num_workers}): a "
+                             "worker process's cache would end with its epoch")
         self.fetch_policy()  # checks retries, backoff and verify
 
 
@@ -139,14 +150,47 @@ class _ShardReader:
             self._stream = None
 
 
+class GraphCache:
+    """Neighbour graphs of records, by (dataset, shard, record), up to `max_bytes` (then full: no
+    eviction, so with a shuffled order the hit rate is the cached fraction, never thrashing).
+    Why our own: the graphs are numpy arrays built per record by the loader's own plan, and what
+    is kept must be counted in bytes, which `functools.lru_cache` cannot do."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = int(max_bytes), 0
+        self.graphs: dict[tuple[int, int, int], Any] = {}
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def size(graph) -> int:
+        c = graph.crystal
+        arrays = [graph.edge_index, graph.edge_shift, c.positions, c.numbers, c.cell]
+        labels = sum(int(getattr(v, "nbytes", 8)) + 64 for v in c.targets.values())
+        return sum(int(a.nbytes) for a in arrays) + labels + 512  # + the objects themselves (approximate)
+
+    def get(self, key: tuple[int, int, int]):
+        graph = self.graphs.get(key)
+        if graph is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return graph
+
+    def put(self, key: tuple[int, int, int], graph) -> None:
+        size = self.size(graph)
+        if self.bytes + size <= self.max_bytes and key not in self.graphs:
+            self.graphs[key] = graph
+            self.bytes += size
+
+
 class _EpochDataset(torch.utils.data.IterableDataset):
     """One rank's batches of one epoch, from position `start`; yields (Batch, events)."""
 
     def __init__(self, plan: EpochPlan, sources: list[SourceSizes], names: list[str], rank: int,
                  start: int, cutoff: float, max_atoms: int, max_edges: int | None, dtype: torch.dtype,
-                 policy: FetchPolicy):
+                 policy: FetchPolicy, cache: GraphCache | None = None):
         super().__init__()
-        self.plan, self.rank, self.start, self.policy = plan, rank, start, policy
+        self.plan, self.rank, self.start, self.policy, self.cache = plan, rank, start, policy, cache
         self.urls = [s.shards for s in sources]
         self.digests = [s.sha256 or (None,) * len(s.shards) for s in sources]
         self.counts = [[len(a) for a in s.n_atoms] for s in sources]
@@ -202,15 +246,15 @@ class _EpochDataset(torch.utils.data.IterableDataset):
                 readers[rkey] = _ShardReader(self.urls[d][s], self.counts[d][s], self.digests[d][s], self.policy,
                                              events)
             reader = readers[rkey]
-            crystal = reader.get(int(p.record[g]))
+            graph = self._graph(reader, d, s, int(p.record[g]))
             slots = order[starts[u]:ends[u]]
-            if crystal is None:
+            if graph is None:
                 events["missing_records"] += len(slots)
             for slot in slots.tolist():
                 b = int(batch_of[slot])
                 if filled[b] is None:
                     filled[b] = [None] * int(sizes[b])
-                filled[b][pos_of[slot]] = (crystal, d)
+                filled[b][pos_of[slot]] = graph
                 left[b] -= 1
             if closes[u]:
                 if reader.failed:
@@ -235,12 +279,25 @@ class _EpochDataset(torch.utils.data.IterableDataset):
                     yield batch, {}
                 state["pending"] = 0
 
+    def _graph(self, reader: _ShardReader, d: int, s: int, record: int):
+        """Record `record` of shard `s` of dataset `d` with its neighbour graph (from the cache
+        where it is there), or None if unreadable."""
+        key = (d, s, record)
+        graph = self.cache.get(key) if self.cache is not None else None
+        if graph is None:
+            crystal = reader.get(record)
+            if crystal is None:
+                return None
+            graph = neighbor_graph(crystal, self.cutoff, dataset=self.names[d])
+            if self.cache is not None:
+                self.cache.put(key, graph)
+        return graph
+
     def _emit(self, members: list, padding: bool, events: Counter):
         """The collated batch of the readable members, or None when none is readable."""
-        present = [(c, d) for c, d in members if c is not None]
-        if not present:
+        graphs = [g for g in members if g is not None]
+        if not graphs:
             return None
-        graphs = [neighbor_graph(c, self.cutoff, dataset=self.names[d]) for c, d in present]
         if len(graphs) == 1 and (graphs[0].n_atoms > self.max_atoms
                                  or (self.max_edges is not None and graphs[0].n_edges > self.max_edges)):
             c = graphs[0].crystal
@@ -271,6 +328,7 @@ class ShardLoader:
         self.counters: Counter = Counter()  # records, missing_records, corrupt_shards, ...
         self.corrupt_shards: set[str] = set()
         self._plan: tuple[int, EpochPlan] | None = None
+        self.cache = GraphCache(config.cache_mib * 2**20) if config.cache_mib else None
 
     @property
     def plan(self) -> EpochPlan:
@@ -325,7 +383,7 @@ class ShardLoader:
     def __iter__(self) -> Iterator:
         c = self.config
         dataset = _EpochDataset(self.plan, self.sources, self.names, self.rank, self.position, c.cutoff,
-                                c.max_atoms, c.max_edges, self.dtype, c.fetch_policy())
+                                c.max_atoms, c.max_edges, self.dtype, c.fetch_policy(), self.cache)
         if c.num_workers == 0:
             stream = iter(dataset)
         else:
