@@ -200,15 +200,14 @@ class InteractionBlock(nn.Module):
                 self.pair = PairGate(self.n_scalars_in, radial_hidden[-1], 0)
             else:
                 self.pair = PairGate(self.n_scalars_in, pair_hidden, self.tp.weight_numel)
+        for wanted, name in ((context, "structure context"), (ffn_hidden, "the feed-forward update")):
+            if wanted and self.irreps_out[0].ir != o3.Irrep("0e"):
+                raise ValueError(f"{name} needs 0e channels first in {self.irreps_out}")
         self.context = None
         if context:
-            if self.irreps_out[0].ir != o3.Irrep("0e"):
-                raise ValueError(f"structure context needs 0e channels first in {self.irreps_out}")
             self.context = nn.Sequential(nn.Linear(2 * self.n_scalars, self.n_scalars), nn.SiLU())
         self.ffn = None
         if ffn_hidden:
-            if self.irreps_out[0].ir != o3.Irrep("0e"):
-                raise ValueError(f"the feed-forward update needs 0e channels first in {self.irreps_out}")
             self.ffn = nn.Sequential(nn.Linear(self.n_scalars, ffn_hidden), nn.SiLU(),
                                      nn.Linear(ffn_hidden, self.n_scalars))
 

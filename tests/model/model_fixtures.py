@@ -12,9 +12,17 @@ from pymatgen.core import Structure
 
 from foundation.data.crystal import Crystal
 from foundation.data.graph import collate, neighbor_graph
+from foundation.config import from_dict, load_yaml
+from foundation.model import ModelConfig, TaskSpec, TaskStats
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 MP_SUMMARY = DATA / "materials_project" / "summary.jsonl.gz"
+# The default CPU encoder's config, as the README's runs build it.
+SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/small.yaml"))
+# One formation-energy head with a non-trivial normalisation and reference, for single-task model tests.
+E_FORM = "formation_energy_per_atom"
+E_FORM_TASKS = [TaskSpec.for_target(E_FORM)]
+E_FORM_STATS = {E_FORM: TaskStats((-1.0,), (1.0,), {8: -2.0})}
 
 
 def load_mp(max_atoms: int = 8, limit: int = 200) -> list[Crystal]:
@@ -71,3 +79,13 @@ def supercell(crystal: Crystal, reps=(2, 2, 2)) -> Crystal:
     positions = np.concatenate([crystal.positions + s @ crystal.cell for s in shifts])
     return Crystal(np.tile(crystal.numbers, len(shifts)), positions,
                    crystal.cell * np.array(reps)[:, None], crystal.pbc, id=crystal.id + "x", source=crystal.source)
+
+
+def assert_invariant_and_intensive(model, crystals, key: str, tol: float = 1e-10) -> None:
+    """The structure-level output `key` of `model` (float64, eval mode) is unchanged by a rotation
+    with a permutation of the atoms and by a 2x2x2 supercell, for every crystal."""
+    with torch.no_grad():
+        for c in crystals:
+            p = model(batch_of([c], model.config.cutoff))[key]
+            for moved in (rotated_permuted(c), supercell(c)):
+                torch.testing.assert_close(model(batch_of([moved], model.config.cutoff))[key], p, rtol=tol, atol=tol)

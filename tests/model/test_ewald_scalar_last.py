@@ -5,26 +5,20 @@ float64 its prediction is invariant under rotation and permutation and intensive
 with the Ewald feedback acting."""
 
 import dataclasses
-from pathlib import Path
 
 import torch
 from e3nn import o3
-from model_fixtures import batch_of, load_mp, rotated_permuted, supercell
+from model_fixtures import E_FORM, E_FORM_STATS, E_FORM_TASKS, SMALL, assert_invariant_and_intensive, batch_of, load_mp
 
-from foundation.config import from_dict, load_yaml
-from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
+from foundation.model import FoundationModel
 
-SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/small.yaml"))
 CONFIG = dataclasses.replace(SMALL, ewald_every=SMALL.n_layers, ewald_accuracy=1e-12)
 CRYSTALS = [c for c in load_mp(max_atoms=6, limit=60) if len(set(c.numbers)) > 1][:3]
-TASKS = [TaskSpec.for_target("formation_energy_per_atom")]
-STATS = {"formation_energy_per_atom": TaskStats((-1.0,), (1.0,), {8: -2.0})}
-KEY = "formation_energy_per_atom"
 
 
 def _model():
     torch.manual_seed(5)
-    model = FoundationModel(CONFIG, TASKS, STATS, dtype=torch.float64)
+    model = FoundationModel(CONFIG, E_FORM_TASKS, E_FORM_STATS, dtype=torch.float64)
     for ewald in model.encoder.ewald.values():  # the feedback starts at zero: make it act
         torch.nn.init.normal_(ewald.feedback_mlp[-1].weight, std=0.3)
     return model.eval()
@@ -42,10 +36,4 @@ def test_the_block_sits_after_the_scalar_only_last_block():
 
 def test_invariant_and_intensive_with_the_block_acting():
     model = _model()
-    with torch.no_grad():
-        for c in CRYSTALS[:2]:
-            p = model(batch_of([c], CONFIG.cutoff))[KEY]
-            torch.testing.assert_close(model(batch_of([rotated_permuted(c)], CONFIG.cutoff))[KEY], p,
-                                       rtol=1e-10, atol=1e-10)
-            torch.testing.assert_close(model(batch_of([supercell(c)], CONFIG.cutoff))[KEY], p,
-                                       rtol=1e-10, atol=1e-10)
+    assert_invariant_and_intensive(model, CRYSTALS[:2], E_FORM)

@@ -6,21 +6,17 @@ also cut into a slab (pbc T,T,F) and a cluster (no pbc). Two models: l <= 2 with
 the structure-context update and the pair gate on the edge weights (e3nn's tensor products), and the default CPU encoder
 (`configs/model/small.yaml`: l <= 1 with the written-out product, a scalar-only last block)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from model_fixtures import batch_of, load_mp, supercell, transformed
+from model_fixtures import SMALL, batch_of, load_mp, supercell, transformed
 
-from foundation.config import from_dict, load_yaml
 from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
 from foundation.model.config import building_dtype
 from foundation.nn.products import L1Product
 
-SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/small.yaml"))
 
 CONFIG = ModelConfig(
     cutoff=4.0, n_basis=6, lmax=2, hidden_irreps="8x0e + 2x0o + 4x1o + 2x1e + 2x2e", n_layers=2,

@@ -4,18 +4,15 @@ and the order of atoms, and intensive outputs of a 2x2x2 supercell equal the cel
 symmetric crystals where the k-th and (k+1)-th neighbours sit at one distance."""
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from model_fixtures import batch_of, load_mp, supercell, transformed
+from model_fixtures import SMALL, batch_of, load_mp, supercell, transformed
 
-from foundation.config import from_dict, load_yaml
-from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
+from foundation.model import FoundationModel, TaskSpec, TaskStats
 from foundation.model.encoder import edge_vectors, nearest_shell_edges
 
-SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/small.yaml"))
 CRYSTALS = [c for c in load_mp(max_atoms=6, limit=60) if len(set(c.numbers)) > 1][:4]
 TOL = dict(rtol=1e-10, atol=1e-10)
 

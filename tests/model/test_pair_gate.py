@@ -5,28 +5,23 @@ cutoff. Invariances, supercells and forces with the gate on the weights acting: 
 l <= 2 model; with the gate on the radial layer: below."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
-from model_fixtures import batch_of, load_mp, rotated_permuted, supercell
+from model_fixtures import E_FORM, E_FORM_STATS, E_FORM_TASKS, SMALL, assert_invariant_and_intensive, batch_of, load_mp
 
-from foundation.config import from_dict, load_yaml
-from foundation.model import FoundationModel, ModelConfig, TaskSpec, TaskStats
+from foundation.model import FoundationModel
 from foundation.nn.interaction import InteractionBlock, PairGate
 
-SMALL = from_dict(ModelConfig, load_yaml(Path(__file__).resolve().parents[2] / "configs/model/small.yaml"))
 PLAIN = dataclasses.replace(SMALL, pair_hidden=0, pair_radial=False)
 CRYSTALS = [c for c in load_mp(max_atoms=6, limit=60) if len(set(c.numbers)) > 1][:4]
-TASKS = [TaskSpec.for_target("formation_energy_per_atom")]
-STATS = {"formation_energy_per_atom": TaskStats((-1.0,), (1.0,), {8: -2.0})}
 
 
 def _models(radial):
     torch.manual_seed(3)
-    plain = FoundationModel(PLAIN, TASKS, STATS, dtype=torch.float64)
+    plain = FoundationModel(PLAIN, E_FORM_TASKS, E_FORM_STATS, dtype=torch.float64)
     config = dataclasses.replace(PLAIN, pair_hidden=16, pair_radial=radial)
-    gated = FoundationModel(config, TASKS, STATS, dtype=torch.float64)
+    gated = FoundationModel(config, E_FORM_TASKS, E_FORM_STATS, dtype=torch.float64)
     missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(".pair." in k for k in missing)
     return plain, gated
@@ -36,7 +31,7 @@ def _models(radial):
 def test_the_gate_starts_as_the_identity_and_then_trains(radial):
     plain, gated = _models(radial)
     batch = batch_of(CRYSTALS, PLAIN.cutoff)
-    key = "formation_energy_per_atom"
+    key = E_FORM
     torch.testing.assert_close(gated(batch)[key], plain(batch)[key], rtol=1e-12, atol=1e-12)
     gated(batch)[key].square().sum().backward()
     for block in gated.encoder.blocks:
@@ -86,10 +81,4 @@ def test_the_radial_form_is_invariant_and_intensive():
     _, gated = _models(radial=True)
     for block in gated.encoder.blocks:
         torch.nn.init.normal_(block.pair.project.weight, std=0.3)
-    gated.eval()
-    key = "formation_energy_per_atom"
-    with torch.no_grad():
-        for c in CRYSTALS[:2]:
-            p = gated(batch_of([c], PLAIN.cutoff))[key]
-            torch.testing.assert_close(gated(batch_of([rotated_permuted(c)], PLAIN.cutoff))[key], p, rtol=1e-10, atol=1e-10)
-            torch.testing.assert_close(gated(batch_of([supercell(c)], PLAIN.cutoff))[key], p, rtol=1e-10, atol=1e-10)
+    assert_invariant_and_intensive(gated.eval(), CRYSTALS[:2], E_FORM)
