@@ -98,6 +98,10 @@ CANDIDATES = {
     # and a per-atom feed-forward update of each block's scalars (nonlinear depth without edge work)
     "small, FFN 128": {**SMALL, "ffn_hidden": 128},
     "small, FFN 256": {**SMALL, "ffn_hidden": 256},
+    # the twenty-eighth session: invariants from the first block's aggregated vector messages before
+    # its gate (MACE's correlation-2 product on l = 1: bond angles reach the scalars one block earlier)
+    "small, vector products 32": {**SMALL, "vector_products": 32},
+    "small, vector products 64": {**SMALL, "vector_products": 64},
     "cgcnn": CGCNN,
     "cgcnn, cell features": {**CGCNN, "cell_features": True},
     "cgcnn, element features": {**CGCNN, "element_features": True},

@@ -63,6 +63,10 @@ class ModelConfig:
     # Width of a per-atom feed-forward update of every block's output scalars, s + W₂ SiLU(W₁ s)
     # (a transformer block's FFN; interaction.py); 0 = none. Per atom, so no edge work.
     ffn_hidden: int = 0
+    # Invariants made from each block's aggregated l = 1 messages before its gate: K dot products of
+    # linear mixtures (MACE's correlation-2 product on l = 1: bond angles in the block that makes
+    # them; interaction.py). 0 = none; only blocks whose messages have l = 1 channels take them.
+    vector_products: int = 0
     context: bool = False  # every block mixes each atom's scalars with its structure's mean (interaction.py)
     # The last block makes only its 0e channels (as MACE's last layer): nothing after it reads
     # vectors (heads read invariants; forces and stress are gradients), so its l > 0 messages
@@ -100,6 +104,8 @@ class ModelConfig:
             raise ValueError(f"pair_hidden must be >= 0 (0 disables), got {self.pair_hidden}")
         if self.ffn_hidden < 0:
             raise ValueError(f"ffn_hidden must be >= 0 (0 disables), got {self.ffn_hidden}")
+        if self.vector_products < 0:
+            raise ValueError(f"vector_products must be >= 0 (0 disables), got {self.vector_products}")
         if self.pair_radial and not self.pair_hidden:
             # Otherwise `pair_radial: true` alone would silently build no gate at all.
             raise ValueError("pair_radial: true needs pair_hidden > 0, which switches the gate on "

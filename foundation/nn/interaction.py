@@ -9,6 +9,18 @@ One block maps node features h (irreps_in) to new features (irreps_out):
     s'_i     = s_i + SiLU(W [s_i, mean_{k in graph(i)} s_k])         # optional structure context
     s''_i    = s'_i + W₂ SiLU(W₁ s'_i)                                # optional feed-forward update
 
+The optional vector products (`vector_products=K > 0`) add, before the gate, K invariants made
+from the aggregated l = 1 messages a_i (M channels of 1o or 1e) as MACE's product basis does at
+correlation order 2 on l = 1:
+
+    d_ik     = (Σ_u P_ku a_iu) · (Σ_u Q_ku a_iu)                     # [n_atoms, K], P, Q: [K, M]
+    g_i     += W d_i                                                  # the gate input's 0e part, W zero at start
+
+a_iu sums w(r_ij) x_ju r̂_ij over neighbours, so d_ik sums over pairs of neighbours j, k with
+cos θ_jik: bond angles, which otherwise reach the scalars only through the next block's
+1o ⊗ 1o → 0e path. It costs per-atom work only (no edge work), and dot products of two l = 1
+vectors of equal parity are invariant, so equivariance is untouched.
+
 The optional pair gate (`pair_hidden > 0`) makes the per-edge weights depend on both atoms of the
 edge, as CGCNN's gated convolution does (its message is a nonlinear function of h_i, h_j and the
 bond), where otherwise they depend on the distance alone:
@@ -48,7 +60,7 @@ from torch import nn
 from .pooling import mean_pool
 from .products import l1_product
 
-__all__ = ["InteractionBlock", "PairGate", "gate_for", "check_irreps", "normalize_irreps", "reachable_irreps"]
+__all__ = ["InteractionBlock", "PairGate", "VectorProducts", "gate_for", "check_irreps", "normalize_irreps", "reachable_irreps"]
 
 
 def normalize_irreps(irreps) -> o3.Irreps:
@@ -130,6 +142,38 @@ class PairGate(nn.Module):
         return 1.0 + (pair if self.out is None else self.out(pair))
 
 
+class VectorProducts(nn.Module):
+    """Invariant dot products of linear mixtures of the l = 1 channels of `irreps` (module doc).
+
+    forward(features [n, irreps.dim]) -> [n, n_out]: W d with d_k = (P a)_k · (Q a)_k, W zero at start.
+    Raises ValueError when `irreps` has no l = 1 channel (nothing to multiply).
+    """
+
+    def __init__(self, irreps, n_products: int, n_out: int):
+        super().__init__()
+        columns = []  # per l = 1 channel u: its 3 columns in `irreps`' layout (mul-major)
+        for (mul, ir), piece in zip(o3.Irreps(irreps), o3.Irreps(irreps).slices()):
+            if ir.l == 1:
+                columns += [list(range(piece.start + 3 * u, piece.start + 3 * u + 3)) for u in range(mul)]
+        if not columns:
+            raise ValueError(f"vector products need l = 1 channels in the aggregated messages {irreps}")
+        # Mixing 1o with 1e channels in one product would make a pseudo-scalar: refuse it.
+        parities = {ir.p for _, ir in o3.Irreps(irreps) if ir.l == 1}
+        if len(parities) > 1:
+            raise ValueError(f"vector products need one parity of l = 1 channels, got {irreps}")
+        self.register_buffer("columns", torch.tensor(columns, dtype=torch.long).T.reshape(-1), persistent=False)
+        self.n_vectors = len(columns)
+        self.left = nn.Linear(self.n_vectors, n_products, bias=False)
+        self.right = nn.Linear(self.n_vectors, n_products, bias=False)
+        self.out = nn.Linear(n_products, n_out, bias=False)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        vectors = features.index_select(1, self.columns).view(-1, 3, self.n_vectors)  # [n, xyz, M]
+        dots = (self.left(vectors) * self.right(vectors)).sum(dim=1)  # [n, K]
+        return self.out(dots)
+
+
 class InteractionBlock(nn.Module):
     """Tensor-product convolution + gate + self-connection.
 
@@ -162,7 +206,8 @@ class InteractionBlock(nn.Module):
         pair_hidden: int = 0,
         pair_radial: bool = False,
         ffn_hidden: int = 0,
-    ):
+        vector_products: int = 0,
+    ):  # vector_products: K invariants from the aggregated l = 1 messages (none if they have no l = 1)
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = normalize_irreps(irreps_out)
@@ -203,6 +248,9 @@ class InteractionBlock(nn.Module):
         for wanted, name in ((context, "structure context"), (ffn_hidden, "the feed-forward update")):
             if wanted and self.irreps_out[0].ir != o3.Irrep("0e"):
                 raise ValueError(f"{name} needs 0e channels first in {self.irreps_out}")
+        self.products = None
+        if vector_products and any(ir.l == 1 for _, ir in self.irreps_mid):  # a scalar-only block has none
+            self.products = VectorProducts(self.irreps_mid, vector_products, self.gate.irreps_in.count("0e"))
         self.context = None
         if context:
             self.context = nn.Sequential(nn.Linear(2 * self.n_scalars, self.n_scalars), nn.SiLU())
@@ -236,7 +284,12 @@ class InteractionBlock(nn.Module):
         messages = product(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
         agg = messages.new_zeros(node_feats.shape[0], messages.shape[1])
         agg = agg.index_add_(0, receiver, messages) * self.norm  # [n_atoms, irreps_mid]
-        out = self.gate(self.linear_out(agg)) + self.self_connection(node_feats)  # [n_atoms, irreps_out]
+        gate_in = self.linear_out(agg)  # [n_atoms, gate.irreps_in]
+        if self.products is not None:
+            invariants = self.products(agg)  # [n_atoms, n 0e of the gate input]
+            gate_in = torch.cat([gate_in[:, : invariants.shape[1]] + invariants,
+                                 gate_in[:, invariants.shape[1]:]], dim=-1)
+        out = self.gate(gate_in) + self.self_connection(node_feats)  # [n_atoms, irreps_out]
         if self.context is None and self.ffn is None:
             return out
         scalars = out[:, : self.n_scalars]  # [n_atoms, F] 0e
