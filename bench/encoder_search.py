@@ -102,6 +102,8 @@ CANDIDATES = {
     # its gate (MACE's correlation-2 product on l = 1: bond angles reach the scalars one block earlier)
     "small, vector products 32": {**SMALL, "vector_products": 32},
     "small, vector products 64": {**SMALL, "vector_products": 64},
+    # and the first block's vector messages from 16 scalar mixtures instead of all 64 (fewer per-edge floats)
+    "small, 16 vector channels": {**SMALL, "vector_channels": 16},
     "cgcnn": CGCNN,
     "cgcnn, cell features": {**CGCNN, "cell_features": True},
     "cgcnn, element features": {**CGCNN, "element_features": True},

@@ -67,6 +67,10 @@ class ModelConfig:
     # linear mixtures (MACE's correlation-2 product on l = 1: bond angles in the block that makes
     # them; interaction.py). 0 = none; only blocks whose messages have l = 1 channels take them.
     vector_products: int = 0
+    # The l > 0 messages that a block makes from its input scalars come from this many scalar
+    # mixtures of their own instead of from every scalar channel (0 = every channel): per-edge
+    # work of `small`'s first block falls from 64x0e + 64x1o to 64x0e + Vx1o (interaction.py).
+    vector_channels: int = 0
     context: bool = False  # every block mixes each atom's scalars with its structure's mean (interaction.py)
     # The last block makes only its 0e channels (as MACE's last layer): nothing after it reads
     # vectors (heads read invariants; forces and stress are gradients), so its l > 0 messages
@@ -104,6 +108,8 @@ class ModelConfig:
             raise ValueError(f"pair_hidden must be >= 0 (0 disables), got {self.pair_hidden}")
         if self.ffn_hidden < 0:
             raise ValueError(f"ffn_hidden must be >= 0 (0 disables), got {self.ffn_hidden}")
+        if self.vector_channels < 0:
+            raise ValueError(f"vector_channels must be >= 0 (0: every scalar channel), got {self.vector_channels}")
         if self.vector_products < 0:
             raise ValueError(f"vector_products must be >= 0 (0 disables), got {self.vector_products}")
         if self.pair_radial and not self.pair_hidden:

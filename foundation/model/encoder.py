@@ -148,7 +148,7 @@ class Encoder(nn.Module):
                 config.n_basis, config.radial_hidden,
                 config.avg_num_neighbors, context=config.context, pair_hidden=config.pair_hidden,
                 pair_radial=config.pair_radial, ffn_hidden=config.ffn_hidden,
-                vector_products=config.vector_products,
+                vector_products=config.vector_products, vector_channels=config.vector_channels,
             )
             check_irreps(irreps, block.irreps_in, f"interaction block {layer} input")
             self.blocks.append(block)

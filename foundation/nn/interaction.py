@@ -96,14 +96,16 @@ def gate_for(irreps_out: o3.Irreps) -> enn.Gate:
     return gate
 
 
-def _tensor_product(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, targets: o3.Irreps):
-    """uvu tensor product keeping only paths whose output irrep is one the block needs."""
+def _tensor_product(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, targets: o3.Irreps, scalars_only: int = -1,
+                    vectors_only: int = -1):
+    """uvu tensor product keeping only paths whose output irrep is one the block needs; the input
+    piece `scalars_only` makes only l = 0 outputs and the piece `vectors_only` only l > 0 ones."""
     wanted = {ir for _, ir in targets}
     mid, instructions = [], []
     for i, (mul, ir_in) in enumerate(irreps_in):
         for j, (_, ir_edge) in enumerate(irreps_sh):
             for ir_out in ir_in * ir_edge:
-                if ir_out in wanted:
+                if ir_out in wanted and not (i == scalars_only and ir_out.l > 0) and not (i == vectors_only and ir_out.l == 0):
                     instructions.append((i, j, len(mid), "uvu", True))
                     mid.append((mul, ir_out))
     mid = o3.Irreps(mid)
@@ -207,6 +209,7 @@ class InteractionBlock(nn.Module):
         pair_radial: bool = False,
         ffn_hidden: int = 0,
         vector_products: int = 0,
+        vector_channels: int = 0,
     ):  # vector_products: K invariants from the aggregated l = 1 messages (none if they have no l = 1)
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -223,8 +226,18 @@ class InteractionBlock(nn.Module):
         self.dim_in = int(self.irreps_in.dim)
 
         self.gate = gate_for(self.irreps_out)
-        self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
-        self.tp, self.irreps_mid = _tensor_product(self.irreps_in, self.irreps_sh, self.gate.irreps_in)
+        # vector_channels: the l > 0 messages of the input scalars come from V scalar mixtures of
+        # their own (appended to the product's input) instead of from all of them: the widest
+        # per-edge pieces of a block fed scalars (64x0e ⊗ 1o -> 64x1o in `small`'s first block)
+        # shrink to V channels, which the block's linear_out would otherwise mix down to.
+        tp_in, scalars_only, vectors_only = self.irreps_in, -1, -1
+        makes_vectors = any(ir.l > 0 for _, ir in self.gate.irreps_in)
+        if vector_channels and makes_vectors and self.irreps_in[0].ir == o3.Irrep("0e"):
+            tp_in = self.irreps_in + o3.Irreps(f"{int(vector_channels)}x0e")
+            scalars_only, vectors_only = 0, len(self.irreps_in)
+        self.linear_in = o3.Linear(self.irreps_in, tp_in)
+        self.tp, self.irreps_mid = _tensor_product(tp_in, self.irreps_sh, self.gate.irreps_in, scalars_only,
+                                                   vectors_only)
         # The same product written out where it is l <= 1 (foundation/nn/products.py says why);
         # `self.tp` stays, holding its place in the state dict, and runs every other case (None here).
         self.written_out = l1_product(self.tp)
@@ -267,7 +280,7 @@ class InteractionBlock(nn.Module):
                 f"({self.irreps_in})"
             )
         receiver, sender = edge_index[0], edge_index[1]
-        x = self.linear_in(node_feats)  # [n_atoms, irreps_in]
+        x = self.linear_in(node_feats)  # [n_atoms, irreps_in (+ vector_channels x 0e)]
         if self.pair is None:
             weights = self.radial_mlp(edge_radial)  # [n_edges, tp.weight_numel]
         else:
