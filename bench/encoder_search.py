@@ -104,6 +104,7 @@ CANDIDATES = {
     "small, vector products 64": {**SMALL, "vector_products": 64},
     # and the first block's vector messages from 16 scalar mixtures instead of all 64 (fewer per-edge floats)
     "small, 16 vector channels": {**SMALL, "vector_channels": 16},
+    "small, 8 vector channels": {**SMALL, "vector_channels": 8},
     "cgcnn": CGCNN,
     "cgcnn, cell features": {**CGCNN, "cell_features": True},
     "cgcnn, element features": {**CGCNN, "element_features": True},

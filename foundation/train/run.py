@@ -35,6 +35,7 @@ from .ema import EMA
 from .engine import build_engine, compute_dtype, gathered
 from .loop import LoopSettings, Trainer
 from .normalization import mean_predictors, task_statistics
+from .allocator import tune_host_allocator
 from .preemption import Preemption
 from .resolve import Resolved
 from .rng import seed_everything
@@ -254,6 +255,9 @@ def run(res: Resolved, *, split=None, local_rank: int | None = None) -> dict[str
     dist = res.config.distributed
     info = setup(dist.device, dist.timeout_s, local_rank, heartbeat_timeout_s=dist.heartbeat_timeout_s)
     setup_logging(info.rank)
+    allocator = tune_host_allocator(dist.tune_host_allocator)
+    if info.is_main:
+        log.info("host allocator: %s", allocator)
     try:
         # The handlers go in first: a pre-emption signal during the set-up is acted on at the first step.
         with Preemption(dist.preempt_signals) as preemption:

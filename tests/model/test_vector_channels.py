@@ -20,9 +20,10 @@ def test_the_first_block_makes_fewer_vector_messages():
     torch.manual_seed(0)
     model = FoundationModel(CONFIG, E_FORM_TASKS, E_FORM_STATS, dtype=torch.float64)
     first, last = model.encoder.blocks
-    assert first.irreps_mid == o3.Irreps("64x0e + 16x1o")  # 64x0e + 64x1o without the option
+    assert first.irreps_mid == o3.Irreps("64x0e + 16x1o")
     assert first.tp.irreps_in1 == o3.Irreps("64x0e + 16x0e")
-    assert last.irreps_mid == FoundationModel(SMALL, E_FORM_TASKS, E_FORM_STATS).encoder.blocks[-1].irreps_mid
+    without = FoundationModel(dataclasses.replace(SMALL, vector_channels=0), E_FORM_TASKS, E_FORM_STATS).encoder.blocks
+    assert without[0].irreps_mid == o3.Irreps("64x0e + 64x1o") and last.irreps_mid == without[-1].irreps_mid
     assert first.written_out is not None
     n = 11
     x, sh = first.tp.irreps_in1.randn(n, -1, dtype=torch.float64), first.tp.irreps_in2.randn(n, -1, dtype=torch.float64)

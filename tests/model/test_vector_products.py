@@ -13,7 +13,7 @@ from model_fixtures import E_FORM, E_FORM_STATS, E_FORM_TASKS, SMALL, assert_inv
 from foundation.model import FoundationModel
 from foundation.nn.interaction import VectorProducts
 
-CONFIG = dataclasses.replace(SMALL, vector_products=8)
+CONFIG = dataclasses.replace(SMALL, vector_products=8, vector_channels=0)  # the first block's 64 vector channels
 CRYSTALS = [c for c in load_mp(max_atoms=6, limit=60) if len(set(c.numbers)) > 1][:3]
 
 
@@ -32,7 +32,7 @@ def test_the_vector_block_takes_them_and_they_start_as_a_no_op():
     # small: the first block's messages carry 64x1o; the scalar-only last block's carry none.
     assert model.encoder.blocks[0].products is not None and model.encoder.blocks[0].products.n_vectors == 64
     assert model.encoder.blocks[-1].products is None
-    plain = FoundationModel(SMALL, E_FORM_TASKS, E_FORM_STATS, dtype=torch.float64).eval()
+    plain = FoundationModel(dataclasses.replace(CONFIG, vector_products=0), E_FORM_TASKS, E_FORM_STATS, dtype=torch.float64).eval()
     missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
     assert not unexpected and missing and all(".products." in k for k in missing)
     batch = batch_of(CRYSTALS, CONFIG.cutoff)
