@@ -200,6 +200,11 @@ class InteractionBlock(nn.Module):
         context: add the structure-context update of the output scalars (needs `graph`).
         pair_hidden: width of the pair gate on the edge weights (0: none; needs 0e input channels).
         pair_radial: the gate on the radial MLP's last hidden layer (its width) instead of the weights.
+        ffn_hidden: width of the per-atom feed-forward update of the output scalars (0: none).
+        vector_products: K invariants from the aggregated l = 1 messages before the gate (0: none;
+            a block whose messages have no l = 1 channel takes none).
+        vector_channels: V scalar mixtures that alone make the l > 0 messages of the input scalars
+            (0: every input scalar makes them).
 
     forward(node_feats [n_atoms, irreps_in.dim], edge_sh [n_edges, irreps_sh.dim],
     edge_radial [n_edges, n_basis], edge_index [2, n_edges]) -> [n_atoms, irreps_out.dim].
@@ -220,7 +225,7 @@ class InteractionBlock(nn.Module):
         ffn_hidden: int = 0,
         vector_products: int = 0,
         vector_channels: int = 0,
-    ):  # vector_products: K invariants from the aggregated l = 1 messages (none if they have no l = 1)
+    ):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = normalize_irreps(irreps_out)
