@@ -308,10 +308,12 @@ class InteractionBlock(nn.Module):
                 weights = last(hidden * factor)
             else:
                 weights = self.radial_mlp(edge_radial) * factor
-        product = self.tp if self.written_out is None else self.written_out
-        messages = product(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
-        agg = messages.new_zeros(node_feats.shape[0], messages.shape[1])
-        agg = agg.index_add_(0, receiver, messages) * self.norm  # [n_atoms, irreps_mid]
+        if self.written_out is None:
+            messages = self.tp(x.index_select(0, sender), edge_sh, weights)  # [n_edges, irreps_mid]
+            agg = messages.new_zeros(node_feats.shape[0], messages.shape[1]).index_add_(0, receiver, messages)
+        else:
+            agg = self.written_out.aggregate(x, edge_sh, weights, sender, receiver)  # [n_atoms, irreps_mid]
+        agg = agg * self.norm
         gate_in = self.linear_out(agg)  # [n_atoms, gate.irreps_in]
         if self.products is not None:
             invariants = self.products(agg)  # [n_atoms, n 0e of the gate input]

@@ -56,22 +56,56 @@ class L1Product:
             offset += mul
         # The output in column order: every column of irreps_out is written by exactly one path.
         self.paths = sorted(paths, key=lambda p: p.out.start)
+        # x and the weights are cut into their pieces by one `split` each, not one slice per path:
+        # a slice's backward fills a zero tensor of the whole [n_edges, dim] input and copies its
+        # columns in, once per path, where split's backward is one concatenation (the per-edge
+        # tensors are the step's largest; bench/README.md, "Fewer zero-filled gradients").
+        self.x_sizes = [s.stop - s.start for s in in_slices]
+        self.x_piece = {s.start: i for i, s in enumerate(in_slices)}
+        self.w_sizes = [p.mul for p in paths]
+        self.w_piece = {p.w.start: i for i, p in enumerate(paths)}
 
     def __call__(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        y0, y1 = sh[:, :1], sh[:, 1:4]  # [n, 1], [n, 3]
-        pieces = []
+        """Per-edge messages [n_edges, irreps_out.dim] from per-edge x [n_edges, irreps_in1.dim]."""
+        xs = x.split(self.x_sizes, dim=1)
+        return torch.cat(list(self._messages(lambda i: xs[i], sh, weights)), dim=1)
+
+    def aggregate(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor, sender: torch.Tensor,
+                  receiver: torch.Tensor) -> torch.Tensor:
+        """The messages summed onto their receivers, [n_atoms, irreps_out.dim], from node features
+        x [n_atoms, irreps_in1.dim]; the same numbers as `index_add` of `self(x[sender], ...)`.
+
+        Each path gathers its own piece of x and sums its own messages, and the pieces are joined
+        at the atom level: no per-edge concatenation in forward or backward (an atom has ~17
+        edges, so the joins cost 1/17 of the per-edge ones)."""
+        xs, gathered = x.split(self.x_sizes, dim=1), {}
+
+        def piece(i: int) -> torch.Tensor:  # [n_edges, dim of x's irrep i], gathered once per irrep
+            if i not in gathered:
+                gathered[i] = xs[i].index_select(0, sender)
+            return gathered[i]
+
+        summed = [m.new_zeros(x.shape[0], m.shape[1]).index_add_(0, receiver, m)
+                  for m in self._messages(piece, sh, weights)]
+        return torch.cat(summed, dim=1)
+
+    def _messages(self, piece, sh: torch.Tensor, weights: torch.Tensor):
+        """Each path's per-edge messages in output-column order; piece(i) is x's irrep i per edge."""
+        n = sh.shape[0]
+        y0, y1 = sh.split([1, 3], dim=1)  # [n, 1], [n, 3]
+        ws = weights.split(self.w_sizes, dim=1)
         for p in self.paths:
-            w = weights[:, p.w] * p.scale if p.scale != 1.0 else weights[:, p.w]  # [n, mul]
+            xp, w = piece(self.x_piece[p.x.start]), ws[self.w_piece[p.w.start]]  # [n, dim of x's irrep], [n, mul]
+            if p.scale != 1.0:
+                w = w * p.scale
             if p.kind == "ss":
-                pieces.append(x[:, p.x] * w * y0)  # [n, mul]
+                yield xp * w * y0  # [n, mul]
             elif p.kind == "sv":
-                pieces.append(((x[:, p.x] * w).unsqueeze(-1) * y1.unsqueeze(1)).reshape(n, 3 * p.mul))  # [n, mul*3]
+                yield ((xp * w).unsqueeze(-1) * y1.unsqueeze(1)).reshape(n, 3 * p.mul)  # [n, mul*3]
             elif p.kind == "vs":
-                pieces.append((x[:, p.x].reshape(n, p.mul, 3) * (w * y0).unsqueeze(-1)).reshape(n, 3 * p.mul))
+                yield (xp.reshape(n, p.mul, 3) * (w * y0).unsqueeze(-1)).reshape(n, 3 * p.mul)
             else:  # dot
-                pieces.append(w * torch.bmm(x[:, p.x].reshape(n, p.mul, 3), y1.unsqueeze(-1)).squeeze(-1))
-        return torch.cat(pieces, dim=1)
+                yield w * torch.bmm(xp.reshape(n, p.mul, 3), y1.unsqueeze(-1)).squeeze(-1)
 
 
 def l1_product(tp: o3.TensorProduct) -> L1Product | None:

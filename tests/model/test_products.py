@@ -37,6 +37,36 @@ def test_equals_e3nn_values_and_gradients(irreps_in, wanted, n):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("irreps_in, wanted", [
+    ("64x0e", "80x0e + 16x1o"),
+    ("64x0e + 16x1o", "64x0e"),
+    ("3x0e + 5x1o + 2x0e", "4x0e + 2x1o"),  # one x irrep feeding two paths, gathered once
+])
+@pytest.mark.parametrize("n_edges", [53, 0])
+def test_aggregate_equals_index_add_of_e3nn(irreps_in, wanted, n_edges):
+    """`aggregate` (per-path gathers and sums, joined per atom) gives e3nn's messages summed onto
+    their receivers: values and the gradients of x, the harmonics and the weights."""
+    n_atoms = 9
+    with building_dtype(torch.float64):
+        tp, _ = _tensor_product(o3.Irreps(irreps_in), SH1, o3.Irreps(wanted))
+        product = l1_product(tp)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(n_atoms, tp.irreps_in1.dim, generator=gen, requires_grad=True)
+        sh = torch.randn(n_edges, 4, generator=gen, requires_grad=True)
+        w = torch.randn(n_edges, tp.weight_numel, generator=gen, requires_grad=True)
+        sender = torch.randint(0, n_atoms, (n_edges,), generator=gen)
+        receiver = torch.randint(0, n_atoms, (n_edges,), generator=gen)
+        messages = tp(x.index_select(0, sender), sh, w)
+        expected = messages.new_zeros(n_atoms, messages.shape[1]).index_add_(0, receiver, messages)
+        got = product.aggregate(x, sh, w, sender, receiver)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        probe = torch.randn(expected.shape, generator=gen)
+        grads_e = torch.autograd.grad((expected * probe).sum(), (x, sh, w))
+        grads_g = torch.autograd.grad((got * probe).sum(), (x, sh, w))
+    for a, b in zip(grads_g, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("irreps_in, sh, wanted", [
     ("8x0e + 4x1o", "1x0e + 1x1o + 1x2e", "8x0e + 4x1o"),  # l = 2 harmonics
     ("8x0e + 4x1o", "1x0e + 1x1o", "8x0e + 4x1o + 2x1e"),  # 1o x 1o -> 1e (a cross product)
