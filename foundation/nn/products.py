@@ -32,10 +32,10 @@ _KINDS = {(0, 0, 0): "ss", (0, 1, 1): "sv", (1, 0, 1): "vs", (1, 1, 0): "dot"}
 @dataclass(frozen=True)
 class _Path:
     kind: str  # ss: s·Y0 -> 0e; sv: s·Y1 -> 1o; vs: v·Y0 -> 1o; dot: v·Y1 -> 0e
-    x: slice  # columns of x
-    out: slice  # columns of the output
+    x: int  # which irrep of x (its piece in `split`)
+    out: int  # which irrep of the output
     mul: int
-    w: slice  # columns of the weights
+    w: int  # which piece of the weights (instruction order)
     scale: float  # e3nn's path weight x the 3j entry (1 or 1/sqrt(3))
 
 
@@ -44,26 +44,21 @@ class L1Product:
     it was made from. Holds no tensors (the e3nn module keeps its place in the state dict)."""
 
     def __init__(self, tp: o3.TensorProduct):
-        in_slices, out_slices = tp.irreps_in1.slices(), tp.irreps_out.slices()
-        paths, offset = [], 0
-        for ins in tp.instructions:
+        paths = []
+        for index, ins in enumerate(tp.instructions):
             mul, ir1 = tp.irreps_in1[ins.i_in1]
             ir2, ir3 = tp.irreps_in2[ins.i_in2].ir, tp.irreps_out[ins.i_out].ir
             kind = _KINDS[(ir1.l, ir2.l, ir3.l)]
             scale = ins.path_weight * (1.0 if kind == "ss" else 1.0 / math.sqrt(3.0))
-            paths.append(_Path(kind, in_slices[ins.i_in1], out_slices[ins.i_out], mul,
-                               slice(offset, offset + mul), scale))
-            offset += mul
-        # The output in column order: every column of irreps_out is written by exactly one path.
-        self.paths = sorted(paths, key=lambda p: p.out.start)
+            paths.append(_Path(kind, ins.i_in1, ins.i_out, mul, index, scale))
         # x and the weights are cut into their pieces by one `split` each, not one slice per path:
         # a slice's backward fills a zero tensor of the whole [n_edges, dim] input and copies its
         # columns in, once per path, where split's backward is one concatenation (the per-edge
         # tensors are the step's largest; bench/README.md, "Fewer zero-filled gradients").
-        self.x_sizes = [s.stop - s.start for s in in_slices]
-        self.x_piece = {s.start: i for i, s in enumerate(in_slices)}
-        self.w_sizes = [p.mul for p in paths]
-        self.w_piece = {p.w.start: i for i, p in enumerate(paths)}
+        self.x_sizes = [mul * ir.dim for mul, ir in tp.irreps_in1]
+        self.w_sizes = [p.mul for p in paths]  # the weights' columns in instruction order
+        # The output in column order: every irrep of irreps_out is written by exactly one path.
+        self.paths = sorted(paths, key=lambda p: p.out)
 
     def __call__(self, x: torch.Tensor, sh: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Per-edge messages [n_edges, irreps_out.dim] from per-edge x [n_edges, irreps_in1.dim]."""
@@ -95,7 +90,7 @@ class L1Product:
         y0, y1 = sh.split([1, 3], dim=1)  # [n, 1], [n, 3]
         ws = weights.split(self.w_sizes, dim=1)
         for p in self.paths:
-            xp, w = piece(self.x_piece[p.x.start]), ws[self.w_piece[p.w.start]]  # [n, dim of x's irrep], [n, mul]
+            xp, w = piece(p.x), ws[p.w]  # [n, dim of x's irrep], [n, mul]
             if p.scale != 1.0:
                 w = w * p.scale
             if p.kind == "ss":
