@@ -12,6 +12,16 @@ from foundation.nn.products import L1Product, l1_product
 SH1 = o3.Irreps("1x0e + 1x1o")
 
 
+def assert_same_values_and_gradients(got, expected, inputs, gen):
+    """got == expected, and so are their gradients with respect to every input (one random probe)."""
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    probe = torch.randn(expected.shape, generator=gen, dtype=expected.dtype)
+    grads_e = torch.autograd.grad((expected * probe).sum(), inputs)
+    grads_g = torch.autograd.grad((got * probe).sum(), inputs)
+    for a, b in zip(grads_g, grads_e):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("irreps_in, wanted", [
     ("64x0e", "80x0e + 16x1o"),  # the first block: scalars in, vectors made from the edge direction
     ("64x0e + 16x1o", "80x0e + 16x1o"),  # every path: s·Y0, s·Y1, v·Y0, v·Y1
@@ -29,12 +39,7 @@ def test_equals_e3nn_values_and_gradients(irreps_in, wanted, n):
         sh = torch.randn(n, 4, generator=gen, requires_grad=True)
         w = torch.randn(n, tp.weight_numel, generator=gen, requires_grad=True)
         expected, got = tp(x, sh, w), product(x, sh, w)
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-        probe = torch.randn(expected.shape, generator=gen)
-        grads_e = torch.autograd.grad((expected * probe).sum(), (x, sh, w))
-        grads_g = torch.autograd.grad((got * probe).sum(), (x, sh, w))
-    for a, b in zip(grads_g, grads_e):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert_same_values_and_gradients(got, expected, (x, sh, w), gen)
 
 
 @pytest.mark.parametrize("irreps_in, wanted", [
@@ -59,12 +64,7 @@ def test_aggregate_equals_index_add_of_e3nn(irreps_in, wanted, n_edges):
         messages = tp(x.index_select(0, sender), sh, w)
         expected = messages.new_zeros(n_atoms, messages.shape[1]).index_add_(0, receiver, messages)
         got = product.aggregate(x, sh, w, sender, receiver)
-        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-        probe = torch.randn(expected.shape, generator=gen)
-        grads_e = torch.autograd.grad((expected * probe).sum(), (x, sh, w))
-        grads_g = torch.autograd.grad((got * probe).sum(), (x, sh, w))
-    for a, b in zip(grads_g, grads_e):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert_same_values_and_gradients(got, expected, (x, sh, w), gen)
 
 
 @pytest.mark.parametrize("irreps_in, sh, wanted", [
