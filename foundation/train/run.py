@@ -28,6 +28,7 @@ from ..config import to_dict
 from ..metrics import metrics_table
 from ..model import save_export
 from . import checkpoint as ck
+from .allocator import tune_host_allocator
 from .datasets import check_labels, make_stream, make_val_splits, prepare_shards, resume_position
 from .distributed import DistInfo, barrier, broadcast_text, lost_rank_reason, setup, teardown
 from .early_stopping import EarlyStopping
@@ -35,7 +36,6 @@ from .ema import EMA
 from .engine import build_engine, compute_dtype, gathered
 from .loop import LoopSettings, Trainer
 from .normalization import mean_predictors, task_statistics
-from .allocator import tune_host_allocator
 from .preemption import Preemption
 from .resolve import Resolved
 from .rng import seed_everything
